@@ -1,0 +1,184 @@
+"""One chat turn as a sequence of events: metadata, content..., [error], done.
+
+The same event sequence feeds the SSE stream and the `stream: false` JSON
+answer, so both always agree. Retrieval happens before the metadata event
+(it carries the sources); the answer is then generated (chat model), quoted
+(extractive) or declined (no_answer). Whatever fails after the metadata event
+becomes an error event, and the done event always comes last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from rag.answer import (
+    NO_ANSWER_TEXT,
+    CitationFilter,
+    build_messages,
+    extractive_answer,
+    retrieval_query,
+)
+from rag.http import UpstreamError
+from rag.retrieval import Retrieval
+from rag.schemas import ChatRequest
+from rag.services import Services
+from rag.vector_store.base import StoreError
+
+logger = logging.getLogger("rag.chat")
+
+Event = dict[str, Any]
+
+
+@dataclass
+class TurnStats:
+    """What the request log line reports about a turn."""
+
+    mode: str = ""
+    retrieval_ms: float | None = None
+    first_token_ms: float | None = None
+    tokens: int = 0
+    error: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _error(code: str, message: str) -> Event:
+    return {"error": {"code": code, "message": message}, "done": False}
+
+
+async def chat_events(
+    req: ChatRequest, svc: Services, request_id: str, stats: TurnStats | None = None
+) -> AsyncIterator[Event]:
+    stats = stats or TurnStats()
+    deadline = stats.started + svc.settings.stream_deadline_seconds
+    metadata: Event = {
+        "request_id": request_id,
+        "session_id": req.session_id,
+        "mode": "extractive",
+        "model": None,
+        "retrieval": svc.retriever.mode,
+        "sources": [],
+    }
+    try:
+        retrieval = await _retrieve(req, svc, deadline)
+    except (UpstreamError, StoreError, TimeoutError) as exc:
+        stats.error = stats.mode = "retrieval_failed"
+        metadata["mode"] = "error"
+        yield {"metadata": metadata, "done": False}
+        yield _error("retrieval_failed", _message(exc, "search timed out"))
+        yield {"done": True}
+        return
+    stats.retrieval_ms = (time.perf_counter() - stats.started) * 1000
+    mode, fallback = _choose_mode(req, svc, retrieval)
+    stats.mode = mode
+    metadata["mode"] = mode
+    metadata["sources"] = [s.to_json() for s in retrieval.sources]
+    if mode in ("rag", "selected_text"):
+        metadata["model"] = svc.settings.chat_model
+    if fallback:
+        metadata["fallback"] = fallback
+    if req.selected_text:
+        metadata["selected_text"] = True
+    yield {"metadata": metadata, "done": False}
+
+    if mode == "no_answer":
+        yield {"content": NO_ANSWER_TEXT, "done": False}
+    elif mode == "extractive":
+        lines = extractive_answer(req.question, retrieval.sources, extra_text=req.selected_text)
+        intro = "From the book:\n\n" if not req.selected_text else "From the selected text and the book:\n\n"
+        for i, line in enumerate(lines):
+            yield {"content": (intro if i == 0 else "\n\n") + line, "done": False}
+        stats.first_token_ms = (time.perf_counter() - stats.started) * 1000
+    else:
+        async for event in _generate(req, svc, retrieval, deadline, stats):
+            yield event
+    yield {"done": True}
+
+
+async def _retrieve(req: ChatRequest, svc: Services, deadline: float) -> Retrieval:
+    query = retrieval_query(req.question, req.history)
+    if req.selected_text:
+        query = f"{req.selected_text}\n{req.question}"
+    with anyio.fail_after(max(0.0, deadline - time.perf_counter())):
+        return await svc.retriever.retrieve(query, req.top_k)
+
+
+def _choose_mode(req: ChatRequest, svc: Services, retrieval: Retrieval) -> tuple[str, str | None]:
+    if not req.selected_text and not retrieval.relevant:
+        return "no_answer", None
+    if svc.llm is None:
+        return "extractive", None
+    if not svc.budget.available():
+        return "extractive", "daily_token_budget_exhausted"
+    return ("selected_text" if req.selected_text else "rag"), None
+
+
+async def _generate(
+    req: ChatRequest, svc: Services, retrieval: Retrieval, deadline: float, stats: TurnStats
+) -> AsyncIterator[Event]:
+    assert svc.llm is not None
+    messages = build_messages(
+        book=svc.settings.book_title,
+        question=req.question,
+        sources=retrieval.sources,
+        history=req.history,
+        history_budget=svc.settings.history_token_budget,
+        selected_text=req.selected_text,
+    )
+    citations = CitationFilter({s.n for s in retrieval.sources})
+    stream = svc.llm.stream(messages)
+    try:
+        while True:
+            try:
+                with anyio.fail_after(max(0.0, deadline - time.perf_counter())):
+                    delta = await stream.__anext__()
+            except StopAsyncIteration:
+                break
+            text = citations.feed(delta)
+            if text:
+                if stats.first_token_ms is None:
+                    stats.first_token_ms = (time.perf_counter() - stats.started) * 1000
+                yield {"content": text, "done": False}
+        tail = citations.flush()
+        if tail:
+            yield {"content": tail, "done": False}
+    except TimeoutError:
+        stats.error = "deadline_exceeded"
+        yield _error("deadline_exceeded", "the answer took too long and was stopped")
+    except UpstreamError as exc:
+        stats.error = "upstream_error"
+        logger.warning("chat model failed: %s", exc)
+        yield _error("upstream_error", f"the language model failed: {exc}")
+    finally:
+        await stream.aclose()
+        usage = getattr(svc.llm, "last_usage", None)
+        if usage is not None:
+            stats.tokens = usage.total_tokens
+            svc.budget.spend(usage.total_tokens)
+
+
+def _message(exc: BaseException, timeout_text: str) -> str:
+    return timeout_text if isinstance(exc, TimeoutError) else str(exc)
+
+
+async def chat_json(req: ChatRequest, svc: Services, request_id: str, stats: TurnStats) -> Event:
+    """The same turn, collected into one JSON object (for `stream: false`)."""
+    result: Event = {}
+    parts: list[str] = []
+    error: Event | None = None
+    async for event in chat_events(req, svc, request_id, stats):
+        if "metadata" in event:
+            result.update(event["metadata"])
+        elif "content" in event:
+            parts.append(event["content"])
+        elif "error" in event:
+            error = event["error"]
+    result["answer"] = "".join(parts)
+    if error is not None:
+        result["error"] = error
+    return result

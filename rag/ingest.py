@@ -1,0 +1,344 @@
+"""Ingestion: files -> chunks -> vectors -> store, incremental and idempotent.
+
+A chunk's id is UUIDv5 of (doc path, content hash), so the set of ids *is* the
+state of the book: ids the store lacks are embedded and written, ids the book
+lost are deleted, everything else is left alone. New points are written
+before stale ones are deleted, so readers never see a section missing, and a
+run that dies half-way is finished by the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import anyio.to_thread
+
+from rag import sparse
+from rag.chunking import Chunk, chunk_document
+from rag.config import Settings
+from rag.markdown import parse_document
+from rag.vector_store.base import PointRecord, VectorStore
+
+logger = logging.getLogger("rag.ingest")
+
+EXTENSIONS = (".md", ".mdx")
+SPARSE_VERSION = sparse.VERSION
+GROUP = 512  # chunks embedded and written per step: bounds the work a crash can lose
+
+Progress = Callable[[str, int, int], None]
+
+
+class Embedder(Protocol):
+    model: str
+    dimensions: int | None
+
+    async def embed(self, texts: Sequence[str]) -> Any: ...
+
+
+class IngestError(RuntimeError):
+    """The run cannot go on (e.g. the content folder is missing); safe to show."""
+
+
+@dataclass
+class BookChunks:
+    files: list[str] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    failed_docs: set[str] = field(default_factory=set)
+
+
+@dataclass
+class IngestReport:
+    status: str = "running"  # running | succeeded | failed
+    full: bool = False
+    dry_run: bool = False
+    files: int = 0
+    chunks: int = 0
+    embedded: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    tokens: int = 0
+    chunk_tokens: int = 0
+    errors: list[str] = field(default_factory=list)
+    progress: dict[str, Any] = field(default_factory=lambda: {"stage": "starting", "done": 0, "total": 0})
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_files(root: Path) -> list[Path]:
+    """Markdown files under `root`, sorted; links that lead out of `root` are refused."""
+    if not root.is_dir():
+        raise IngestError(f"content folder not found: {root}")
+    base = root.resolve()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and d != "node_modules"
+        )
+        for name in sorted(filenames):
+            if not name.endswith(EXTENSIONS) or name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            if not path.resolve().is_relative_to(base):
+                logger.warning("refused %s: it links outside the content folder", name)
+                continue
+            found.append(path)
+    # Symlinked folders inside the root are not followed by os.walk; that is on purpose.
+    return found
+
+
+def load_book(root: Path, settings: Settings) -> BookChunks:
+    """Read, parse and chunk every file (blocking: call it off the event loop)."""
+    base = root.resolve()
+    book = BookChunks()
+    for path in find_files(root):
+        doc_path = path.resolve().relative_to(base).as_posix()
+        book.files.append(doc_path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            doc = parse_document(text, doc_path, settings.book_base_url)
+            book.chunks += chunk_document(
+                doc,
+                chunk_size=settings.chunk_size,
+                chunk_overlap=settings.chunk_overlap,
+                min_chunk_size=settings.min_chunk_size,
+            )
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            book.errors.append(f"{doc_path}: {exc}")
+            book.failed_docs.add(doc_path)
+    return book
+
+
+def desired_meta(embedder: Embedder | None) -> dict[str, Any]:
+    return {
+        "embedding_model": embedder.model if embedder is not None else None,
+        "dimensions": embedder.dimensions if embedder is not None else None,
+        "sparse": SPARSE_VERSION,
+    }
+
+
+def meta_mismatch(stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """Why the stored vectors cannot be mixed with new ones, or None."""
+    if not stored:
+        return None
+    for key in ("embedding_model", "dimensions", "sparse"):
+        if stored.get(key) != wanted.get(key):
+            return (
+                f"the index was built with {key}={stored.get(key)!r} but the configuration "
+                f"says {wanted.get(key)!r}: run a full re-ingest"
+            )
+    return None
+
+
+def to_payload(chunk: Chunk) -> dict[str, Any]:
+    return chunk.to_json()
+
+
+class Ingestor:
+    """Runs the pipeline against one store; one run at a time is the caller's job."""
+
+    def __init__(
+        self,
+        store: VectorStore,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        dense_size: int | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.embedder = embedder
+        self.dense_size = dense_size or settings.embedding_dimensions
+
+    async def run(
+        self,
+        *,
+        source: Path | None = None,
+        full: bool = False,
+        dry_run: bool = False,
+        report: IngestReport | None = None,
+        on_progress: Progress | None = None,
+    ) -> IngestReport:
+        report = report or IngestReport()
+        report.full, report.dry_run = full, dry_run
+        started = time.perf_counter()
+
+        def progress(stage: str, done: int, total: int) -> None:
+            report.progress = {"stage": stage, "done": done, "total": total}
+            if on_progress is not None:
+                on_progress(stage, done, total)
+
+        try:
+            progress("chunking", 0, 0)
+            root = source or self.settings.book_content_dir
+            book = await anyio.to_thread.run_sync(load_book, root, self.settings)
+            report.timings["chunk_s"] = round(time.perf_counter() - started, 3)
+            report.files, report.chunks = len(book.files), len(book.chunks)
+            report.chunk_tokens = sum(c.token_count for c in book.chunks)
+            report.errors += book.errors
+            if dry_run:
+                report.status = "failed" if report.errors else "succeeded"
+                return report
+            if full:
+                await self._rebuild(book, report, progress)
+            else:
+                await self._incremental(book, report, progress)
+            report.status = "failed" if report.errors else "succeeded"
+        except Exception as exc:  # noqa: BLE001 - reported, never lost
+            logger.exception("ingestion failed")
+            report.errors.append(str(exc) or type(exc).__name__)
+            report.status = "failed"
+        finally:
+            report.timings["total_s"] = round(time.perf_counter() - started, 3)
+            progress("done", report.progress.get("done", 0), report.progress.get("total", 0))
+        return report
+
+    async def _incremental(self, book: BookChunks, report: IngestReport, progress: Progress) -> None:
+        store = self.store
+        await store.ensure_collection(self.dense_size)
+        wanted = desired_meta(self.embedder)
+        problem = meta_mismatch(await store.get_meta(), wanted)
+        if problem:
+            raise IngestError(problem)
+        existing = await store.existing()
+        if not existing:
+            await store.set_meta(wanted)
+        new = _unique(book.chunks)
+        to_write = [c for c in new if c.id not in existing]
+        report.unchanged = len(new) - len(to_write)
+        await self._write(store, to_write, report, progress)
+        keep = {c.id for c in new}
+        stale = [
+            pid for pid, doc in existing.items()
+            if pid not in keep and doc not in book.failed_docs  # a broken file keeps its chunks
+        ]
+        progress("deleting", 0, len(stale))
+        if stale:
+            await store.delete(stale)
+        report.deleted = len(stale)
+        progress("deleting", len(stale), len(stale))
+
+    async def _rebuild(self, book: BookChunks, report: IngestReport, progress: Progress) -> None:
+        if book.errors:
+            raise IngestError("full rebuild refused: some files failed to parse (see errors)")
+        before = set(await self.store.existing()) if await self.store.count() else set()
+        staged = await self.store.start_rebuild(self.dense_size)
+        await staged.set_meta(desired_meta(self.embedder))
+        chunks = _unique(book.chunks)
+        await self._write(staged, chunks, report, progress)
+        await self.store.finish_rebuild(staged)
+        report.deleted = len(before - {c.id for c in chunks})  # dropped with the old collection
+
+    async def _write(
+        self, store: VectorStore, chunks: list[Chunk], report: IngestReport, progress: Progress
+    ) -> None:
+        total = len(chunks)
+        progress("embedding" if self.embedder else "indexing", 0, total)
+        embed_s = 0.0
+        for start in range(0, total, GROUP):
+            group = chunks[start : start + GROUP]
+            dense: Sequence[list[float] | None] = [None] * len(group)
+            if self.embedder is not None:
+                t0 = time.perf_counter()
+                result = await self.embedder.embed([c.embed_text for c in group])
+                embed_s += time.perf_counter() - t0
+                dense = result.vectors
+                report.tokens += int(getattr(result, "tokens", 0) or 0)
+            points = await anyio.to_thread.run_sync(_points, group, list(dense))
+            await store.upsert(points)
+            report.embedded += len(group)
+            progress("embedding" if self.embedder else "indexing", report.embedded, total)
+        report.timings["embed_s"] = round(embed_s, 3)
+
+
+def _points(chunks: list[Chunk], dense: list[list[float] | None]) -> list[PointRecord]:
+    return [
+        PointRecord(
+            id=c.id,
+            sparse=sparse.document_vector(c.embed_text),
+            payload=to_payload(c),
+            dense=vector,
+        )
+        for c, vector in zip(chunks, dense, strict=True)
+    ]
+
+
+def _unique(chunks: list[Chunk]) -> list[Chunk]:
+    seen: set[str] = set()
+    out: list[Chunk] = []
+    for chunk in chunks:
+        if chunk.id not in seen:
+            seen.add(chunk.id)
+            out.append(chunk)
+    return out
+
+
+@dataclass
+class IngestJob:
+    id: str
+    report: IngestReport
+    started_at: float
+    finished_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            **self.report.to_json(),
+        }
+
+
+class JobBusy(RuntimeError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+class IngestJobs:
+    """Background ingestion jobs, one at a time; the last few are kept for status."""
+
+    def __init__(self, ingestor: Ingestor, task_group: anyio.abc.TaskGroup, keep: int = 20) -> None:
+        self.ingestor = ingestor
+        self.task_group = task_group
+        self.keep = keep
+        self.jobs: dict[str, IngestJob] = {}
+        self._running: IngestJob | None = None
+        self._lock = anyio.Lock()
+
+    @property
+    def running(self) -> IngestJob | None:
+        return self._running
+
+    def start(self, *, full: bool = False) -> IngestJob:
+        if self._running is not None:
+            raise JobBusy(self._running.id)
+        job = IngestJob(id=uuid.uuid4().hex, report=IngestReport(full=full), started_at=time.time())
+        self._running = job
+        self.jobs[job.id] = job
+        while len(self.jobs) > self.keep:
+            self.jobs.pop(next(iter(self.jobs)))
+        self.task_group.start_soon(self._run, job, full)
+        return job
+
+    async def _run(self, job: IngestJob, full: bool) -> None:
+        try:
+            async with self._lock:
+                await self.ingestor.run(full=full, report=job.report)
+        finally:
+            job.finished_at = time.time()
+            self._running = None
+            logger.info(
+                "ingest job %s %s: %s", job.id, job.report.status,
+                {k: getattr(job.report, k) for k in ("files", "chunks", "embedded", "unchanged", "deleted")},
+            )

@@ -1,0 +1,98 @@
+"""The one store interface used by ingestion and retrieval.
+
+Both implementations (the embedded Qdrant Edge shard and the Qdrant server over
+REST) hold one collection with two named vectors: `dense` (cosine, optional per
+point: absent when no embedding model is configured) and `sparse` (BM25 term
+weights computed by `rag.sparse`, IDF applied by Qdrant via `modifier: idf`).
+Every point's payload carries at least `doc_path` and `content_hash`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class StoreError(RuntimeError):
+    """A store call failed; the message is safe to show (no secrets)."""
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    id: str  # UUID string
+    sparse: SparseVector
+    payload: dict[str, Any]
+    dense: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+    # Cosine score of the dense leg when the query was hybrid (RRF scores are not
+    # comparable to a threshold, the dense cosine is).
+    dense_score: float | None = None
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    kind: str  # "embedded" | "qdrant"
+    collection: str
+    points: int
+    # What the vectors were made with: {"embedding_model": ..., "dimensions": ...}
+    # or {} when the store is empty/new.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class VectorStore(Protocol):
+    kind: str
+
+    async def ensure_collection(self, dense_size: int) -> None:
+        """Create the collection (named `dense` + `sparse` vectors) if missing."""
+
+    async def upsert(self, points: list[PointRecord]) -> None:
+        """Insert or replace points; durable when it returns."""
+
+    async def delete(self, ids: list[str]) -> None:
+        """Delete points by id; unknown ids are ignored."""
+
+    async def existing(self) -> dict[str, str]:
+        """Every point id in the collection mapped to its payload `doc_path`."""
+
+    async def query(
+        self,
+        *,
+        dense: list[float] | None,
+        sparse: SparseVector | None,
+        limit: int,
+        doc_path: str | None = None,
+    ) -> list[Hit]:
+        """Top `limit` hits: dense, sparse, or both fused with RRF (server-side)."""
+
+    async def count(self) -> int:
+        """Number of points (0 when the collection does not exist)."""
+
+    async def get_meta(self) -> dict[str, Any]:
+        """The recorded embedding meta ({} when none recorded)."""
+
+    async def set_meta(self, meta: dict[str, Any]) -> None:
+        """Record the embedding meta (model, dimensions) with the collection."""
+
+    async def start_rebuild(self, dense_size: int) -> VectorStore:
+        """A store over a fresh, empty collection that readers cannot see yet."""
+
+    async def finish_rebuild(self, staged: VectorStore) -> None:
+        """Make `staged` the live collection atomically, then drop the old one."""
+
+    async def info(self) -> StoreInfo:
+        """Cheap status for /health."""
+
+    async def close(self) -> None:
+        """Release files / nothing for REST (the shared client is closed by the app)."""

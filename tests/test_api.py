@@ -1,0 +1,225 @@
+"""The service on its embedded default, over real HTTP: chat (SSE and JSON), search, ingest, health."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from main import create_app
+from rag.config import Settings
+from tests.servers import ServerThread, serve
+
+REPO = Path(__file__).resolve().parent.parent
+FRAME = re.compile(rb"(?:data: (\{[^\n]*\})\n\n|: ping\n\n)")
+
+
+def wait_ingested(base: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = httpx.get(f"{base}/health", timeout=5).json()
+        if health["points"] > 0 and health["ingest"]["running"] is None:
+            return health
+        time.sleep(0.05)
+    raise AssertionError("the book was not ingested in time")
+
+
+def make_settings(tmp: Path, content: Path, **env: str) -> Settings:
+    return Settings.from_environ(
+        {
+            "DATA_DIR": str(tmp / "data"),
+            "BOOK_CONTENT_DIR": str(content),
+            "RATE_LIMIT_PER_MINUTE": "0",
+            **env,
+        },
+        env_file=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    tmp = tmp_path_factory.mktemp("api")
+    content = tmp / "book"
+    shutil.copytree(REPO / "book_content", content)
+    settings = make_settings(tmp, content, MAX_BODY_BYTES="4096")
+    with serve(create_app(settings)) as srv:
+        wait_ingested(srv.url)
+        yield srv
+
+
+def sse_events(body: bytes) -> list[dict]:
+    pieces = FRAME.findall(body)
+    assert b"".join(
+        m.group(0) for m in FRAME.finditer(body)
+    ) == body, "the body holds something that is not a well-formed frame"
+    return [json.loads(p) for p in pieces if p]
+
+
+def test_health_reports_mode_store_and_points(server: ServerThread) -> None:
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok" and health["version"]
+    assert health["vector_store"]["kind"] == "embedded" and health["vector_store"]["ok"]
+    assert health["mode"] == {"retrieval": "sparse", "answer": "extractive"}
+    assert health["llm"]["enabled"] is False and health["points"] > 0
+
+
+def test_chat_streams_exact_frames_with_cited_extractive_answer(server: ServerThread) -> None:
+    with httpx.stream(
+        "POST", f"{server.url}/chat",
+        json={"question": "How does a complementary filter combine gyroscope and accelerometer readings?",
+              "session_id": "s-1"},
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        assert "content-encoding" not in response.headers
+        body = response.read()
+    events = sse_events(body)
+    first, *middle, last = events
+    assert last == {"done": True} and body.endswith(b'data: {"done":true}\n\n')
+    meta = first["metadata"]
+    assert first["done"] is False and meta["mode"] == "extractive" and meta["session_id"] == "s-1"
+    assert meta["request_id"]
+    sources = meta["sources"]
+    assert sources and [s["n"] for s in sources] == list(range(1, len(sources) + 1))
+    for s in sources:
+        assert set(s) >= {"n", "title", "section", "url", "doc_path", "score", "snippet"}
+        assert s["url"].startswith("https://mrowaisabdullah.github.io/ai-humanoid-robotics/docs/")
+    assert any("#" in s["url"] for s in sources)
+    text = "".join(e["content"] for e in middle)
+    assert all(e["done"] is False for e in middle)
+    cited = {int(n) for n in re.findall(r"\[(\d+)\]", text)}
+    assert cited and cited <= {s["n"] for s in sources}
+    assert "complementary" in text.lower()
+
+
+def test_chat_json_mode_and_aliases(server: ServerThread) -> None:
+    for key in ("question", "message", "query"):
+        r = httpx.post(
+            f"{server.url}/chat", json={key: "What is gyroscope bias?", "stream": False, "top_k": 2}
+        )
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert data["mode"] == "extractive" and data["answer"] and 1 <= len(data["sources"]) <= 2
+
+
+def test_question_outside_the_book_gets_no_answer(server: ServerThread) -> None:
+    data = httpx.post(
+        f"{server.url}/chat",
+        json={"question": "What is a good recipe for lasagna with spinach?", "stream": False},
+    ).json()
+    assert data["mode"] == "no_answer"
+    assert "couldn't find" in data["answer"]
+
+
+def test_search_returns_sources_with_text(server: ServerThread) -> None:
+    r = httpx.post(f"{server.url}/search", json={"query": "magnetometer calibration", "top_k": 3})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert 1 <= len(results) <= 3 and all(res["text"] for res in results)
+    assert len({res["text"] for res in results}) == len(results)  # deduplicated
+    assert "magnetometer" in results[0]["text"].lower()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code", "needle"),
+    [
+        ("/chat", b"{not json", 400, "invalid_json", "malformed JSON"),
+        ("/chat", b"[1, 2]", 400, "invalid_json", "JSON object"),
+        ("/chat", b"", 400, "invalid_json", "JSON object"),
+        ("/chat", b"{}", 422, "invalid_field", "question: field required"),
+        ("/chat", b'{"question": "   "}', 422, "invalid_field", "question: must not be empty"),
+        ("/chat", b'{"question": 5}', 422, "invalid_field", "question: must be a string"),
+        ("/chat", b'{"question": "q", "top_k": 0}', 422, "invalid_field", "top_k"),
+        ("/chat", b'{"question": "q", "top_k": true}', 422, "invalid_field", "top_k"),
+        ("/chat", b'{"question": "q", "stream": "no"}', 422, "invalid_field", "stream"),
+        ("/chat", b'{"question": "q", "history": {}}', 422, "invalid_field", "history"),
+        ("/chat", b'{"question": "q", "history": [{"role": "system", "content": "x"}]}', 422,
+         "invalid_field", "history[0].role"),
+        ("/chat", b'{"question": "q", "selected_text": 3}', 422, "invalid_field", "selected_text"),
+        ("/search", b'{"top_k": 3}', 422, "invalid_field", "query: field required"),
+        ("/chat", b'{"question": "' + b"a" * 5000 + b'"}', 413, "payload_too_large", "4096"),
+    ],
+)
+def test_bad_input_gets_a_clear_json_error(
+    server: ServerThread, path: str, body: bytes, status: int, code: str, needle: str
+) -> None:
+    r = httpx.post(f"{server.url}{path}", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert error["code"] == code and needle in error["message"]
+
+
+def test_chunked_oversize_body_is_refused_without_content_length(server: ServerThread) -> None:
+    def body() -> Iterator[bytes]:
+        yield b'{"question": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = httpx.post(f"{server.url}/chat", content=body())
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+
+
+def test_unknown_route_and_method_are_json_errors(server: ServerThread) -> None:
+    r = httpx.get(f"{server.url}/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.get(f"{server.url}/chat")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_ingest_job_runs_reports_and_refuses_a_second_one(server: ServerThread) -> None:
+    r = httpx.post(f"{server.url}/ingest", json={"full": False})
+    assert r.status_code == 202
+    job = r.json()
+    assert job["status_url"].endswith(f"/ingest/{job['job_id']}")
+    second = httpx.post(f"{server.url}/ingest")
+    if second.status_code == 409:  # the first one is still running
+        assert second.json()["error"]["code"] == "ingest_running"
+    deadline = time.monotonic() + 30
+    while True:
+        status = httpx.get(job["status_url"]).json()
+        if status["status"] != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert status["status"] == "succeeded"
+    assert status["embedded"] == 0 and status["deleted"] == 0
+    assert status["unchanged"] == status["chunks"] > 0 and status["files"] >= 3
+    assert {"progress", "timings", "errors", "tokens"} <= set(status)
+    assert httpx.get(f"{server.url}/ingest/unknown").status_code == 404
+
+
+def test_ingest_refuses_requests_that_came_through_a_proxy(server: ServerThread) -> None:
+    r = httpx.post(f"{server.url}/ingest", headers={"x-forwarded-for": "127.0.0.1"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+
+def test_ingest_token(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, REPO / "book_content", INGEST_TOKEN="s3cret-token", AUTO_INGEST="false"
+    )
+    with serve(create_app(settings)) as srv:
+        assert httpx.post(f"{srv.url}/ingest").status_code == 401
+        bad = httpx.post(f"{srv.url}/ingest", headers={"authorization": "Bearer nope"})
+        assert bad.status_code == 401 and "s3cret" not in bad.text
+        ok = httpx.post(f"{srv.url}/ingest", headers={"authorization": "Bearer s3cret-token"})
+        assert ok.status_code == 202
+        assert httpx.get(ok.json()["status_url"]).status_code == 401
+
+
+def test_concurrent_ingest_requests_get_409(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, REPO / "book_content", AUTO_INGEST="false")
+    with serve(create_app(settings)) as srv:
+        with httpx.Client(base_url=srv.url) as client:
+            first = client.post("/ingest", json={"full": True})
+            second = client.post("/ingest", json={"full": True})
+        assert first.status_code == 202
+        assert second.status_code == 409
+        assert first.json()["job_id"] in second.json()["error"]["message"]

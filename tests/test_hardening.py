@@ -1,0 +1,169 @@
+"""A public Space: fuzzed bodies and headers, CORS, rate limits, secrets never echoed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from main import create_app
+from rag.config import Settings
+from tests.servers import ServerThread, serve
+from tests.test_api import wait_ingested
+
+REPO = Path(__file__).resolve().parent.parent
+ALLOWED = "http://localhost:3000"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    tmp = tmp_path_factory.mktemp("hardening")
+    content = tmp / "book"
+    shutil.copytree(REPO / "book_content", content)
+    s = Settings.from_environ(
+        {
+            "DATA_DIR": str(tmp / "data"),
+            "BOOK_CONTENT_DIR": str(content),
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "MAX_BODY_BYTES": "8192",
+            "INGEST_TOKEN": "tok-123456",
+        },
+        env_file=None,
+    )
+    with serve(create_app(s)) as srv:
+        wait_ingested(srv.url)
+        yield srv
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+chat_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "question": json_values,
+        "message": json_values,
+        "history": json_values | st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "x"]), "content": json_values}), max_size=3),
+        "selected_text": json_values,
+        "session_id": json_values,
+        "top_k": json_values,
+        "stream": st.just(False) | json_values,
+    },
+)
+raw_bodies = st.binary(max_size=300) | st.text(max_size=300).map(str.encode)
+header_values = st.text(
+    alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40
+)
+
+
+def _check(response: httpx.Response) -> None:
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert isinstance(error["code"], str) and isinstance(error["message"], str)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=chat_bodies)
+def test_fuzz_chat_json_bodies(server: ServerThread, body: dict) -> None:
+    body.setdefault("stream", False)
+    _check(httpx.post(f"{server.url}/chat", json=body, timeout=30))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/chat", "/search", "/ingest"]), body=raw_bodies,
+       ctype=header_values, auth=header_values)
+def test_fuzz_raw_bodies_and_headers(
+    server: ServerThread, path: str, body: bytes, ctype: str, auth: str
+) -> None:
+    r = httpx.post(
+        f"{server.url}{path}", content=body,
+        headers={"content-type": ctype, "authorization": auth}, timeout=30,
+    )
+    _check(r)
+    if path == "/ingest":
+        assert r.status_code in (401, 403)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.dictionaries(st.sampled_from(["query", "question", "top_k", "x"]), json_values, max_size=3))
+def test_fuzz_search(server: ServerThread, body: dict) -> None:
+    _check(httpx.post(f"{server.url}/search", json=body, timeout=30))
+
+
+def test_cors_allows_listed_origins_only(server: ServerThread) -> None:
+    preflight = httpx.options(
+        f"{server.url}/chat",
+        headers={"origin": ALLOWED, "access-control-request-method": "POST",
+                 "access-control-request-headers": "content-type"},
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == ALLOWED
+    denied = httpx.options(
+        f"{server.url}/chat",
+        headers={"origin": "https://evil.example", "access-control-request-method": "POST"},
+    )
+    assert denied.status_code == 400
+    assert "access-control-allow-origin" not in denied.headers
+    simple = httpx.post(
+        f"{server.url}/search", json={"query": "gyro"}, headers={"origin": "https://evil.example"}
+    )
+    assert "access-control-allow-origin" not in simple.headers
+    ok = httpx.post(f"{server.url}/search", json={"query": "gyro"}, headers={"origin": ALLOWED})
+    assert ok.headers["access-control-allow-origin"] == ALLOWED
+
+
+def test_ingest_without_or_with_wrong_token(server: ServerThread) -> None:
+    for headers in ({}, {"authorization": "Bearer tok-12345"}, {"authorization": "Basic tok-123456"}):
+        r = httpx.post(f"{server.url}/ingest", headers=headers)
+        assert r.status_code == 401 and "tok-123456" not in r.text
+
+
+def test_rate_limit_gives_429_with_retry_after(tmp_path: Path) -> None:
+    s = Settings.from_environ(
+        {"DATA_DIR": str(tmp_path), "BOOK_CONTENT_DIR": str(REPO / "book_content"),
+         "RATE_LIMIT_PER_MINUTE": "3", "AUTO_INGEST": "false"},
+        env_file=None,
+    )
+    with serve(create_app(s)) as srv:
+        codes = [
+            httpx.post(f"{srv.url}/search", json={"query": "imu"}).status_code for _ in range(3)
+        ]
+        assert codes == [200, 200, 200]
+        limited = httpx.post(f"{srv.url}/chat", json={"question": "imu?"})
+        assert limited.status_code == 429
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["error"]["code"] == "rate_limited"
+        # Another client (as the proxy reports it) is not affected.
+        other = httpx.post(
+            f"{srv.url}/search", json={"query": "imu"}, headers={"x-forwarded-for": "203.0.113.9"}
+        )
+        assert other.status_code in (200, 429)  # 429 only if the proxy header is not trusted
+
+
+def test_secrets_never_in_logs_or_responses(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    s = Settings.from_environ(
+        {"DATA_DIR": str(tmp_path), "BOOK_CONTENT_DIR": str(REPO / "book_content"),
+         "INGEST_TOKEN": "ingest-SECRET-9", "AUTO_INGEST": "false",
+         "QDRANT_URL": "http://127.0.0.1:9", "QDRANT_API_KEY": "qdrant-SECRET-7"},
+        env_file=None,
+    )
+    caplog.set_level(logging.DEBUG)
+    with serve(create_app(s)) as srv:
+        bodies = [
+            httpx.get(f"{srv.url}/health", timeout=60).text,
+            httpx.post(f"{srv.url}/search", json={"query": "imu"}, timeout=60).text,
+            httpx.post(f"{srv.url}/chat", json={"question": "imu?"}, timeout=60).text,
+        ]
+    everything = "\n".join(bodies) + caplog.text
+    assert "SECRET" not in everything
+    assert json.loads(bodies[0])["status"] == "degraded"
