@@ -49,7 +49,7 @@ class Settings:
     auto_ingest: bool = True
     # Retrieval and answers.
     top_k: int = 5
-    relevance_floor: float = 0.25
+    relevance_floor: float = 0.5
     dense_relevance_floor: float = 0.2
     history_token_budget: int = 1500
     # HTTP surface.

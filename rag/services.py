@@ -11,17 +11,20 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 
 from rag.config import Settings
-from rag.embeddings import EmbeddingGenerator
 from rag.ingest import IngestJobs, Ingestor, JobBusy, desired_meta, find_files, meta_mismatch
 from rag.limits import DailyBudget, RateLimiter
-from rag.llm import ChatClient
 from rag.retrieval import Retriever
 from rag.vector_store.base import VectorStore
+
+if TYPE_CHECKING:
+    from rag.embeddings import EmbeddingGenerator
+    from rag.llm import ChatClient
 
 logger = logging.getLogger("rag")
 
@@ -67,6 +70,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         store = make_store(settings, client)
         embedder = llm = None
         if settings.openai_api_key:
+            # Imported only when used: the keyless default never loads the OpenAI path.
+            from rag.embeddings import EmbeddingGenerator
+            from rag.llm import ChatClient
+
             embedder = EmbeddingGenerator(
                 client,
                 base_url=settings.openai_base_url,

@@ -125,7 +125,8 @@ def test_search_returns_sources_with_text(server: ServerThread) -> None:
     results = r.json()["results"]
     assert 1 <= len(results) <= 3 and all(res["text"] for res in results)
     assert len({res["text"] for res in results}) == len(results)  # deduplicated
-    assert "magnetometer" in results[0]["text"].lower()
+    assert results[0]["section"].endswith("Magnetometer calibration")
+    assert results[0]["url"].endswith("/sensing/imu-basics#magnetometer-calibration")
 
 
 @pytest.mark.parametrize(

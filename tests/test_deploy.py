@@ -9,6 +9,7 @@ import shutil
 import site
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,7 +73,10 @@ def _interpreter() -> str:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root + setpriv")
-def test_runs_as_uid_1000_with_read_only_app(tmp_path: Path) -> None:
+def test_runs_as_uid_1000_with_read_only_app() -> None:
+    # pytest's tmp_path lives under a root-only folder: use one uid 1000 can enter.
+    tmp_path = Path(tempfile.mkdtemp(prefix="rag-uid1000-"))
+    os.chmod(tmp_path, 0o755)
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     for name in ("main.py", "rag", "book_content"):
@@ -85,7 +89,6 @@ def test_runs_as_uid_1000_with_read_only_app(tmp_path: Path) -> None:
     data.mkdir()
     os.chown(data, 1000, 1000)
     subprocess.run(["chmod", "-R", "a-w", str(app_dir)], check=True)
-    subprocess.run(["chmod", "a+rx", str(tmp_path)], check=True)
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -128,3 +131,5 @@ def test_runs_as_uid_1000_with_read_only_app(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+        subprocess.run(["chmod", "-R", "u+w", str(tmp_path)], check=False)
+        shutil.rmtree(tmp_path, ignore_errors=True)
