@@ -4,7 +4,7 @@
     OPENAI_API_KEY=... python scripts/eval.py --source ... --json                 # hybrid
 
 The book is ingested into a throw-away embedded store (unless --data-dir is given), then each
-question of `tests/eval/questions.jsonl` is retrieved exactly as /search does. A hit is a source
+question of `tests/eval/book_questions.jsonl` is retrieved exactly as /search does. A hit is a source
 from the expected file whose breadcrumb contains the expected heading (or whose text holds that
 heading, when a small section was merged into a neighbour).
 """
@@ -31,7 +31,7 @@ from rag.markdown import Slugger  # noqa: E402
 from rag.retrieval import Source  # noqa: E402
 from rag.services import open_services  # noqa: E402
 
-QUESTIONS = REPO / "tests" / "eval" / "questions.jsonl"
+QUESTIONS = REPO / "tests" / "eval" / "book_questions.jsonl"
 
 
 def load_questions(path: Path) -> list[dict[str, Any]]:

@@ -9,8 +9,30 @@ Every point's payload carries at least `doc_path` and `content_hash`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+DENSE = "dense"
+SPARSE = "sparse"
+
+_DIM_ERROR = re.compile(r"expected dim: (\d+), got (\d+)")
+
+
+def prefetch_limit(limit: int) -> int:
+    """Candidates each leg of a hybrid query hands to the fusion (both stores alike)."""
+    return max(4 * limit, 20)
+
+
+def dimension_error(text: str) -> StoreError | None:
+    """The engine's "expected dim" complaint, said as what the user must do."""
+    dims = _DIM_ERROR.search(text)
+    if dims is None:
+        return None
+    have, got = dims.groups()
+    return StoreError(
+        f"embedding dimension changed (collection has {have}, got {got}): run a full re-ingest"
+    )
 
 
 class StoreError(RuntimeError):

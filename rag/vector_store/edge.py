@@ -33,12 +33,16 @@ import anyio.to_thread
 import qdrant_edge as qe
 
 from rag.vector_store.base import (
+    DENSE,
+    SPARSE,
     Hit,
     PointRecord,
     SparseVector,
     StoreError,
     StoreInfo,
     VectorStore,
+    dimension_error,
+    prefetch_limit,
 )
 
 try:  # POSIX; elsewhere the engine's own WAL lock still refuses a second process
@@ -50,8 +54,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DENSE = "dense"
-SPARSE = "sparse"
 # Qdrant's default for `{"fusion": "rrf"}`: the REST store sends exactly that, so
 # both stores rank alike.
 RRF_K = 2
@@ -60,14 +62,6 @@ SCROLL_PAGE = 1000
 _POINTER = "CURRENT"
 _NO_COLLECTION = "the collection does not exist: call ensure_collection"
 _SHARD_NAME = re.compile(r"shard-\d{8}T\d{6}-[0-9a-f]{8}")
-_DIM_ERROR = re.compile(r"expected dim: (\d+), got (\d+)")
-
-
-def prefetch_limit(limit: int) -> int:
-    """Candidates each leg of a hybrid query hands to the fusion."""
-    return max(4 * limit, 20)
-
-
 class EdgeStore:
     """A `VectorStore` over an embedded Qdrant Edge shard persisted under `data_dir`."""
 
@@ -261,14 +255,7 @@ async def _run(fn: Callable[..., T], *args: Any) -> T:
 
 def _store_error(exc: Exception) -> StoreError:
     text = str(exc) or type(exc).__name__
-    dims = _DIM_ERROR.search(text)
-    if dims:
-        have, got = dims.groups()
-        return StoreError(
-            f"embedding dimension changed (collection has {have}, got {got}): "
-            "run a full re-ingest"
-        )
-    return StoreError(f"embedded store: {text}")
+    return dimension_error(text) or StoreError(f"embedded store: {text}")
 
 
 def _check_size(dense_size: int) -> None:

@@ -30,33 +30,29 @@ import httpx
 
 from rag.http import RetryPolicy, UpstreamError, request
 from rag.vector_store.base import (
+    DENSE,
+    SPARSE,
     Hit,
     PointRecord,
     SparseVector,
     StoreError,
     StoreInfo,
     VectorStore,
+    dimension_error,
+    prefetch_limit,
 )
 
 logger = logging.getLogger("rag.vector_store")
 
 T = TypeVar("T")
 
-DENSE = "dense"
-SPARSE = "sparse"
 UPSERT_BATCH = 256  # points per upsert request (1536-d vectors: ~5.5 MB of JSON)
 DELETE_BATCH = 1000  # ids per delete request
 SCROLL_PAGE = 1000
 META_KEY = "rag"  # the key of the collection metadata that holds get_meta/set_meta
 
-_DIM_ERROR = re.compile(r"expected dim: (\d+), got (\d+)")
 _STAMP = "%Y%m%dT%H%M%S"
 _MISSING = object()  # a 404 "Not found" from Qdrant
-
-
-def prefetch_limit(limit: int) -> int:
-    """Candidates each leg of a hybrid query hands to the fusion (as the embedded store)."""
-    return max(4 * limit, 20)
 
 
 class QdrantStore:
@@ -92,8 +88,7 @@ class QdrantStore:
 
     async def ensure_collection(self, dense_size: int) -> None:
         _check_size(dense_size)
-        found = await self._call("GET", f"/collections/{self._target}/exists")
-        if isinstance(found, dict) and found.get("exists"):
+        if await self._call("GET", f"/collections/{self._target}") is not _MISSING:
             return  # the alias, a staged collection, or a legacy real collection
         name = await self._create_collection(dense_size)
         await self._change_aliases([_create_alias(name, self.collection)])
@@ -170,7 +165,7 @@ class QdrantStore:
             body = {**leg, "limit": limit, "with_payload": True, **flt}
             answer = await self._call(
                 "POST", f"/collections/{self._target}/points/query",
-                content=await _encode(body, dense),
+                content=_encode(body, dense),
             )  # fmt: skip
             if answer is _MISSING:
                 return []
@@ -193,7 +188,7 @@ class QdrantStore:
         ]  # fmt: skip
         answer = await self._call(
             "POST", f"/collections/{self._target}/points/query/batch",
-            content=await _encode({"searches": searches}, dense),
+            content=_encode({"searches": searches}, dense),
         )  # fmt: skip
         if answer is _MISSING:
             return []
@@ -374,13 +369,9 @@ class QdrantStore:
                 f"QDRANT_API_KEY may not do this on Qdrant at {self._where} "
                 f"(a read-only key?): {text}"
             )
-        dims = _DIM_ERROR.search(text)
-        if exc.status == 400 and dims:
-            have, got = dims.groups()
-            return StoreError(
-                f"embedding dimension changed (collection has {have}, got {got}): "
-                "run a full re-ingest"
-            )
+        dims = dimension_error(text) if exc.status == 400 else None
+        if dims is not None:
+            return dims
         return self._safe(f"Qdrant at {self._where} {text.removeprefix('Qdrant ')}")
 
     def _missing_error(self) -> StoreError:
@@ -409,10 +400,14 @@ class QdrantStore:
 _DENSE_SLOT = "\x00dense"
 
 
-async def _encode(body: dict[str, Any], dense: list[float] | None) -> bytes:
+_DENSE_SLOT_JSON = json.dumps(_DENSE_SLOT)
+
+
+def _encode(body: dict[str, Any], dense: list[float] | None) -> bytes:
+    """The body as compact JSON, the dense query vector written like upserted ones."""
     text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     if dense is not None:
-        text = text.replace(json.dumps(_DENSE_SLOT), await anyio.to_thread.run_sync(_floats, dense))
+        text = text.replace(_DENSE_SLOT_JSON, _floats(dense))
     return text.encode()
 
 
