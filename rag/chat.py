@@ -33,6 +33,8 @@ from rag.vector_store.base import StoreError
 logger = logging.getLogger("rag.chat")
 
 Event = dict[str, Any]
+# A cap on every generated answer: a public Space must bound what one question costs.
+MAX_ANSWER_TOKENS = 1024
 
 
 @dataclass
@@ -131,7 +133,7 @@ async def _generate(
         selected_text=req.selected_text,
     )
     citations = CitationFilter({s.n for s in retrieval.sources})
-    stream = svc.llm.stream(messages)
+    stream = svc.llm.stream(messages, max_tokens=MAX_ANSWER_TOKENS)
     try:
         while True:
             try:
@@ -156,7 +158,7 @@ async def _generate(
         yield _error("upstream_error", f"the language model failed: {exc}")
     finally:
         await stream.aclose()
-        usage = getattr(svc.llm, "last_usage", None)
+        usage = stream.usage
         if usage is not None:
             stats.tokens = usage.total_tokens
             svc.budget.spend(usage.total_tokens)
