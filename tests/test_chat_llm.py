@@ -1,0 +1,241 @@
+"""/chat with an OpenAI-compatible upstream (the stand-in server): hybrid retrieval, streamed
+generated answers, checked citations, history, selected text, and every upstream failure."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from main import create_app
+from rag.config import Settings
+from tests.fake_openai import Fault, FakeOpenAI, Reply, openrouter_error
+from tests.servers import ServerThread, serve
+from tests.test_api import sse_events, wait_ingested
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def openai() -> Iterator[FakeOpenAI]:
+    # "spin" means "gyroscope" to the fake embedding model only: BM25 cannot know that.
+    with FakeOpenAI(aliases={"spin": "gyroscope", "spinning": "gyroscope"}) as server:
+        yield server
+
+
+def llm_settings(tmp: Path, openai: FakeOpenAI, **env: str) -> Settings:
+    content = tmp / "book"
+    if not content.exists():
+        shutil.copytree(REPO / "book_content", content)
+    return Settings.from_environ(
+        {
+            "DATA_DIR": str(tmp / "data"),
+            "BOOK_CONTENT_DIR": str(content),
+            "OPENAI_API_KEY": openai.api_key or "",
+            "OPENAI_BASE_URL": openai.url,
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "UPSTREAM_TIMEOUT": "5",
+            # The stand-in's bag-of-words vectors are less similar than a real model's.
+            "DENSE_RELEVANCE_FLOOR": "0.1",
+            **env,
+        },
+        env_file=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, openai: FakeOpenAI) -> Iterator[ServerThread]:
+    settings = llm_settings(tmp_path_factory.mktemp("llm"), openai)
+    with serve(create_app(settings)) as srv:
+        wait_ingested(srv.url)
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def clean(openai: FakeOpenAI) -> None:
+    openai.reset()
+
+
+def chat(server: ServerThread, **body: object) -> list[dict]:
+    r = httpx.post(f"{server.url}/chat", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return sse_events(r.content)
+
+
+def answer_text(events: list[dict]) -> str:
+    return "".join(e.get("content", "") for e in events)
+
+
+def last_chat_request(openai: FakeOpenAI) -> dict:
+    return [s for s in openai.requests if s.endpoint == "chat"][-1].body
+
+
+def test_health_reports_hybrid_and_generated(server: ServerThread) -> None:
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["mode"] == {"retrieval": "hybrid", "answer": "generated"}
+    assert health["llm"]["model"] == "gpt-4o-mini"
+
+
+def test_generated_answer_is_streamed_with_sources_in_the_prompt(
+    server: ServerThread, openai: FakeOpenAI
+) -> None:
+    openai.script(Reply(content=["A complementary", " filter blends", " the gyro [1]."]))
+    events = chat(server, question="How does a complementary filter work?")
+    meta = events[0]["metadata"]
+    assert meta["mode"] == "rag" and meta["model"] == "gpt-4o-mini" and meta["retrieval"] == "hybrid"
+    assert [e["content"] for e in events[1:-1]] == ["A complementary", " filter blends", " the gyro [1]."]
+    assert events[-1] == {"done": True}
+    system = last_chat_request(openai)["messages"][0]["content"]
+    for s in meta["sources"]:
+        assert f"[{s['n']}] " in system
+    assert last_chat_request(openai)["stream"] is True
+
+
+def test_citations_to_sources_that_do_not_exist_are_removed(
+    server: ServerThread, openai: FakeOpenAI
+) -> None:
+    openai.script(Reply(content=["Gyros drift [", "1]; magnets mislead [4", "2][2]."]))
+    events = chat(server, question="Why does the gyroscope drift?", top_k=2)
+    assert len(events[0]["metadata"]["sources"]) == 2
+    assert answer_text(events) == "Gyros drift [1]; magnets mislead [2]."
+
+
+def test_hybrid_finds_what_the_words_alone_cannot(server: ServerThread) -> None:
+    r = httpx.post(f"{server.url}/search", json={"query": "what measures spinning", "top_k": 3})
+    results = r.json()["results"]
+    assert r.json()["mode"] == "hybrid"
+    assert any("gyroscope" in res["section"].lower() for res in results)
+
+
+def test_follow_up_retrieves_with_the_previous_question_and_trims_history(
+    tmp_path: Path, openai: FakeOpenAI
+) -> None:
+    settings = llm_settings(tmp_path, openai, HISTORY_TOKEN_BUDGET="60")
+    with serve(create_app(settings)) as srv:
+        wait_ingested(srv.url)
+        history = [
+            {"role": "user", "content": "old question " * 40},
+            {"role": "assistant", "content": "old answer " * 40},
+            {"role": "user", "content": "What is magnetometer calibration?"},
+            {"role": "assistant", "content": "Fitting an ellipsoid [1]."},
+        ]
+        events = chat(srv, question="How often should it be redone?", history=history)
+    sections = [s["section"] for s in events[0]["metadata"]["sources"]]
+    assert any("Magnetometer" in s for s in sections[:2])
+    sent = last_chat_request(openai)["messages"]
+    assert sent[-1] == {"role": "user", "content": "How often should it be redone?"}
+    assert {"role": "assistant", "content": "Fitting an ellipsoid [1]."} in sent
+    assert all("old question" not in m["content"] for m in sent)  # trimmed to the budget
+
+
+def test_selected_text_mode(server: ServerThread, openai: FakeOpenAI) -> None:
+    selection = "A bias of 0.5 °/s becomes 30 degrees of drift in a minute."
+    events = chat(server, question="Why so much?", selected_text=selection)
+    meta = events[0]["metadata"]
+    assert meta["mode"] == "selected_text" and meta["selected_text"] is True
+    assert meta["sources"]
+    assert selection in last_chat_request(openai)["messages"][0]["content"]
+
+
+def test_out_of_scope_question_never_reaches_the_model(
+    server: ServerThread, openai: FakeOpenAI
+) -> None:
+    events = chat(server, question="Which wine goes with lasagna and spinach?")
+    assert events[0]["metadata"]["mode"] == "no_answer"
+    assert "couldn't find" in answer_text(events)
+    assert not [s for s in openai.requests if s.endpoint == "chat"]
+
+
+def test_stream_false_returns_the_whole_answer(server: ServerThread, openai: FakeOpenAI) -> None:
+    openai.script(Reply(content=["Part one, ", "part two [1]."]))
+    r = httpx.post(f"{server.url}/chat", json={"question": "What is gyro bias?", "stream": False})
+    data = r.json()
+    assert data["answer"] == "Part one, part two [1]." and data["mode"] == "rag" and data["sources"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(content=["Half an ans", "wer"], cut=True),
+        Reply(content=["Starting"], error=openrouter_error("Provider returned error", 502)),
+    ],
+    ids=["cut-mid-stream", "error-inside-200"],
+)
+def test_upstream_failure_mid_stream_ends_with_error_then_done(
+    server: ServerThread, openai: FakeOpenAI, reply: Reply
+) -> None:
+    openai.script(reply)
+    events = chat(server, question="What does a gyroscope measure?")
+    assert "metadata" in events[0]
+    assert events[-2]["error"]["code"] == "upstream_error" and events[-1] == {"done": True}
+    assert answer_text(events).startswith(reply.content[0])  # what arrived was relayed
+
+
+def test_rate_limited_upstream_is_retried(server: ServerThread, openai: FakeOpenAI) -> None:
+    openai.fail("chat", Fault(status=429, headers={"retry-after": "0.2"}))
+    openai.script(Reply(content=["Fine [1]."]))
+    events = chat(server, question="What does a gyroscope measure?")
+    assert answer_text(events) == "Fine [1]."
+    assert len([s for s in openai.requests if s.endpoint == "chat"]) == 2
+
+
+def test_insufficient_quota_is_not_retried(server: ServerThread, openai: FakeOpenAI) -> None:
+    openai.fail("chat", Fault(status=429, code="insufficient_quota"))
+    events = chat(server, question="What does a gyroscope measure?")
+    assert events[-2]["error"]["code"] == "upstream_error"
+    assert "quota" in events[-2]["error"]["message"]
+    assert len([s for s in openai.requests if s.endpoint == "chat"]) == 1
+    assert openai.api_key not in events[-2]["error"]["message"]
+
+
+def test_embedding_failure_gives_an_error_event(server: ServerThread, openai: FakeOpenAI) -> None:
+    openai.fail("embeddings", Fault(status=401))
+    events = chat(server, question="What does a gyroscope measure?")
+    assert events[0]["metadata"]["mode"] == "error"
+    assert events[1]["error"]["code"] == "retrieval_failed" and events[-1] == {"done": True}
+
+
+def test_client_disconnect_cancels_the_upstream_request(
+    server: ServerThread, openai: FakeOpenAI
+) -> None:
+    openai.script(Reply(content=["word "] * 400, token_delay=0.02))
+    with httpx.stream("POST", f"{server.url}/chat", json={"question": "What is a gyroscope?"}) as r:
+        seen = 0
+        for line in r.iter_lines():
+            if '"content"' in line:
+                seen += 1
+                if seen == 3:
+                    break
+    upstream = [s for s in openai.requests if s.endpoint == "chat"][-1]
+    assert upstream.finished.wait(5)
+    assert upstream.disconnected and upstream.chunks_sent < 100
+
+
+def test_stream_deadline_ends_a_slow_answer(tmp_path: Path, openai: FakeOpenAI) -> None:
+    settings = llm_settings(tmp_path, openai, STREAM_DEADLINE_SECONDS="1.5", HEARTBEAT_SECONDS="0.3")
+    with serve(create_app(settings)) as srv:
+        wait_ingested(srv.url)
+        openai.script(Reply(content=["late"], first_token_delay=10))
+        started = time.monotonic()
+        r = httpx.post(f"{srv.url}/chat", json={"question": "What is a gyroscope?"}, timeout=30)
+        elapsed = time.monotonic() - started
+    events = sse_events(r.content)
+    assert events[-2]["error"]["code"] == "deadline_exceeded" and events[-1] == {"done": True}
+    assert b": ping\n\n" in r.content  # heartbeats kept the idle stream alive
+    assert elapsed < 8
+
+
+def test_daily_token_budget_falls_back_to_extractive(tmp_path: Path, openai: FakeOpenAI) -> None:
+    settings = llm_settings(tmp_path, openai, DAILY_TOKEN_BUDGET="1")
+    with serve(create_app(settings)) as srv:
+        wait_ingested(srv.url)
+        first = chat(srv, question="What does a gyroscope measure?")
+        assert first[0]["metadata"]["mode"] == "rag"
+        second = chat(srv, question="What does a gyroscope measure?")
+    meta = second[0]["metadata"]
+    assert meta["mode"] == "extractive" and meta["fallback"] == "daily_token_budget_exhausted"
+    assert "[1]" in answer_text(second)
