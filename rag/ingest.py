@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -27,11 +27,17 @@ from rag.config import Settings
 from rag.markdown import parse_document
 from rag.vector_store.base import PointRecord, VectorStore
 
+if TYPE_CHECKING:
+    from rag.embeddings import EmbeddingResult
+
 logger = logging.getLogger("rag.ingest")
 
 EXTENSIONS = (".md", ".mdx")
 SPARSE_VERSION = sparse.VERSION
-GROUP = 512  # chunks embedded and written per step: bounds the work a crash can lose
+# Chunks embedded and written per step: bounds the work a crash can lose. With embeddings
+# a step is one full request (2048 inputs); sparse-only steps are cheap, so smaller.
+EMBED_GROUP = 2048
+GROUP = 256
 
 Progress = Callable[[str, int, int], None]
 
@@ -40,7 +46,7 @@ class Embedder(Protocol):
     model: str
     dimensions: int | None
 
-    async def embed(self, texts: Sequence[str]) -> Any: ...
+    async def embed(self, texts: Sequence[str]) -> EmbeddingResult: ...
 
 
 class IngestError(RuntimeError):
@@ -66,6 +72,7 @@ class IngestReport:
     unchanged: int = 0
     deleted: int = 0
     tokens: int = 0
+    embedding_requests: int = 0
     chunk_tokens: int = 0
     errors: list[str] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=lambda: {"stage": "starting", "done": 0, "total": 0})
@@ -245,15 +252,17 @@ class Ingestor:
         total = len(chunks)
         progress("embedding" if self.embedder else "indexing", 0, total)
         embed_s = 0.0
-        for start in range(0, total, GROUP):
-            group = chunks[start : start + GROUP]
+        size = EMBED_GROUP if self.embedder is not None else GROUP
+        for start in range(0, total, size):
+            group = chunks[start : start + size]
             dense: Sequence[list[float] | None] = [None] * len(group)
             if self.embedder is not None:
                 t0 = time.perf_counter()
                 result = await self.embedder.embed([c.embed_text for c in group])
                 embed_s += time.perf_counter() - t0
                 dense = result.vectors
-                report.tokens += int(getattr(result, "tokens", 0) or 0)
+                report.tokens += result.tokens
+                report.embedding_requests += result.requests
             points = await anyio.to_thread.run_sync(_points, group, list(dense))
             await store.upsert(points)
             report.embedded += len(group)
