@@ -58,9 +58,13 @@ def make_store(settings: Settings, client: httpx.AsyncClient) -> VectorStore:
     return EdgeStore(settings.data_dir, settings.qdrant_collection)
 
 
+# Upstream connections kept open for reuse (both to OpenAI and to Qdrant): a bound, not a leak.
+MAX_KEEPALIVE = 40
+
+
 def http_client(settings: Settings) -> httpx.AsyncClient:
     timeout = httpx.Timeout(settings.upstream_timeout, connect=min(10.0, settings.upstream_timeout))
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=40)
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=MAX_KEEPALIVE)
     return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
 
 
