@@ -219,3 +219,20 @@ def test_batches_cover_everything_in_order_within_limits(
     for (s1, e1), (_, e2) in zip(ranges, ranges[1:], strict=False):
         # greedy: the next input did not fit in the previous batch
         assert e1 - s1 == max_inputs or sum(counts[s1 : e1 + 1]) > max_tokens
+
+
+@pytest.mark.anyio
+async def test_vectors_travel_as_base64_and_plain_float_answers_still_work(
+    fake: FakeOpenAI, client: httpx.AsyncClient
+) -> None:
+    text = "Inverse kinematics for a 7-DoF arm"
+    vector = await generator(client, fake, dimensions=64).embed_query(text)
+    assert close(vector, fake_embedding(text, 64))
+    (seen,) = [s for s in fake.seen() if s.endpoint == "embeddings"]
+    assert seen.body["encoding_format"] == "base64"
+    # A server that ignores encoding_format and answers with JSON floats is read the same way.
+    response = httpx.Response(
+        200, json={"data": [{"index": 0, "embedding": fake_embedding(text, 64)}], "usage": {"total_tokens": 9}}
+    )
+    vectors, used = generator(client, fake, dimensions=64)._parse(response, 1)
+    assert close(vectors[0], vector) and used == 9
