@@ -100,6 +100,20 @@ def test_fuzz_search(server: ServerThread, body: dict) -> None:
     _check(httpx.post(f"{server.url}/search", json=body, timeout=30))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(raw_bodies, st.dictionaries(st.sampled_from(["full", "source", "x"]), json_values, max_size=2)
+                      .map(lambda d: json.dumps(d).encode())))
+def test_fuzz_authorised_ingest_bodies(server: ServerThread, body: bytes) -> None:
+    r = httpx.post(
+        f"{server.url}/ingest", content=body, timeout=30,
+        headers={"content-type": "application/json", "authorization": "Bearer tok-123456"},
+    )
+    _check(r)
+    assert r.status_code in (202, 400, 409, 413, 422), r.text
+    if r.status_code == 202:
+        assert r.json()["job_id"]
+
+
 def test_cors_allows_listed_origins_only(server: ServerThread) -> None:
     preflight = httpx.options(
         f"{server.url}/chat",
