@@ -54,8 +54,8 @@ class Fence:
 
 # --- front matter -----------------------------------------------------------------------------
 
-_FRONT_OPEN = re.compile(r"---[ \t]*\n")
-_FRONT_CLOSE = re.compile(r"^---[ \t]*$", re.M)
+_FRONT_OPEN = re.compile(r"---[ \t]*\r?\n")
+_FRONT_CLOSE = re.compile(r"^---[ \t]*\r?$", re.M)
 
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
@@ -126,7 +126,8 @@ def _resolve(relative: str, folder: str) -> str:
     """URL-style resolution of a relative slug against a folder route ("../x" works)."""
     joined = posixpath.normpath(posixpath.join(folder, relative))
     joined = "/" + joined.lstrip("/") if joined != "." else "/"
-    return joined + "/" if relative.endswith("/") and joined != "/" else joined
+    trailing = relative.rsplit("/", 1)[-1] in ("", ".", "..")  # "c/", "." and ".." name folders
+    return joined + "/" if trailing and joined != "/" else joined
 
 
 # --- headings and anchors ----------------------------------------------------------------------
@@ -166,38 +167,52 @@ class Slugger:
         return result
 
 
-_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.S)
+_CODE_SPAN = re.compile(r"(?<![`\\])(`+)(?!`)((?:(?!\n[ \t]*\n).)+?)(?<!`)\1(?!`)", re.S)
 _IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
 _LINK = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\[[^\]]*\])")
 _AUTOLINK = re.compile(r"<((?:https?|mailto|ftp):[^\s<>]*)>")
 _EMPHASIS = re.compile(r"(\*\*|\*|~~)(?=\S)(.+?)(?<=\S)\1|(?<![\w\\])(__|_)(?=\S)(.+?)(?<=\S)\3(?!\w)")
 _ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _EXPLICIT_ID = re.compile(r"\s*\{#((?:.(?!\{#|\}))*.)\}$")
+# Stand-ins for text that is already final (code spans, escapes, entities), so that no later
+# rule reads a `*` or `[` inside them: characters of the Supplementary Private Use Areas.
+_SLOT = 0xF0000
+_SLOT_CHAR = re.compile("[\U000f0000-\U0010fffd]")
 
 
 def inline_text(markdown: str) -> str:
-    """Inline Markdown -> the plain text a reader sees (mdast `toString` of a heading)."""
-    out: list[str] = []
-    pos = 0
-    for m in _CODE_SPAN.finditer(markdown):
-        out.append(_plain(markdown[pos : m.start()]))
-        code = m.group(2).replace("\n", " ")
-        if code.startswith(" ") and code.endswith(" ") and code.strip():
-            code = code[1:-1]
-        out.append(code)
-        pos = m.end()
-    out.append(_plain(markdown[pos:]))
-    return "".join(out)
+    """Inline Markdown -> the plain text a reader sees (mdast `toString` of a heading).
 
+    Like CommonMark, code spans, backslash escapes and entities are read first and their
+    text is never taken for emphasis or links: `**`x`**` is "x", `\\*x\\*` is "*x*".
+    """
+    slots: list[str] = []
 
-def _plain(text: str) -> str:
+    def hold(value: str) -> str:
+        slots.append(value)
+        return chr(_SLOT + len(slots) - 1)
+
+    def restore(text: str) -> str:
+        return _SLOT_CHAR.sub(lambda m: slots[ord(m.group(0)) - _SLOT], text)
+
+    def code(m: re.Match[str]) -> str:
+        value = m.group(2).replace("\n", " ")
+        if value.startswith(" ") and value.endswith(" ") and value.strip():
+            value = value[1:-1]
+        return hold(restore(value))
+
+    text = _SLOT_CHAR.sub(lambda m: hold(m.group(0)), markdown)  # taken literally
+    text = _CODE_SPAN.sub(code, text)
+    text = _ESCAPE.sub(lambda m: hold(m.group(1)), text)
+    text = _ENTITY.sub(lambda m: hold(html.unescape(m.group(0))), text)
     text = _IMAGE.sub(r"\1", text)
     text = _LINK.sub(r"\1", text)
     text = _AUTOLINK.sub(r"\1", text)
     text = _TAG.sub("", text)
     for _ in range(3):  # nested emphasis: ***x***, **_x_**
         text = _EMPHASIS.sub(lambda m: m.group(2) if m.group(1) else m.group(4), text)
-    return html.unescape(_ESCAPE.sub(r"\1", text))
+    return restore(text)
 
 
 # --- MDX clean-up -------------------------------------------------------------------------------
@@ -208,6 +223,7 @@ _ESM_START = re.compile(
     r"type|interface|\{|\*))",
     re.M,
 )
+_JS_STRING = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"|`(?:[^`\\\n]|\\.)*`""")
 _BLOCK_START = re.compile(r"(?:^|\n)[ \t]*\n$")
 _MDX_COMMENT = re.compile(r"\{/\*.*?\*/\}", re.S)
 _HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
@@ -257,7 +273,8 @@ def _strip_esm(prose: str) -> str:
             line_end = prose.find("\n", end)
             line_end = len(prose) if line_end < 0 else line_end + 1
             line = prose[end:line_end]
-            depth += sum(map(line.count, "{[(")) - sum(map(line.count, ")]}"))
+            code = _JS_STRING.sub("", line)  # export const sad = ':(';
+            depth += sum(map(code.count, "{[(")) - sum(map(code.count, ")]}"))
             end = line_end
             if depth <= 0 and not _ESM_START.match(prose, end):
                 break
@@ -290,9 +307,9 @@ def _clean_prose(prose: str) -> str:
         spans = _protected(prose)
 
         def tag(m: re.Match[str]) -> str:
-            if _inside(spans, m.start()):
-                return m.group(0)
             line_start = prose.rfind("\n", 0, m.start()) + 1
+            if _inside(spans, m.start()) or _ATX.match(prose, line_start):
+                return m.group(0)  # code; or a heading's, which inline_text reads
             line_end = prose.find("\n", m.end())
             alone = not prose[line_start : m.start()].strip() and not prose[
                 m.end() : len(prose) if line_end < 0 else line_end
@@ -406,7 +423,8 @@ def parse_document(text: str, doc_path: str, base_url: str) -> Document:
             parts.append((False, segment[pos : heading.start]))
             close()
             pos = heading.end
-            plain = inline_text(heading.raw).strip()
+            # Not stripped: "My heading <span/>" reads "My heading " (facebook/docusaurus#8901).
+            plain = inline_text(heading.raw)
             explicit = _EXPLICIT_ID.search(plain)
             if explicit is not None:
                 plain = plain[: explicit.start()].rstrip()
