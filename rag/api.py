@@ -7,6 +7,8 @@ import ipaddress
 import uuid
 from pathlib import Path
 
+import anyio
+
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
@@ -72,8 +74,13 @@ async def search(request: Request) -> Response:
     req = SearchRequest.parse(data, svc.settings)
     _rate_limit(request, svc)
     try:
-        retrieval = await svc.retriever.retrieve(req.query, req.top_k)
-    except (UpstreamError, StoreError) as exc:
+        with anyio.fail_after(svc.settings.stream_deadline_seconds):
+            retrieval = await svc.retriever.retrieve(req.query, req.top_k)
+    except TimeoutError:
+        raise ApiError(504, "deadline_exceeded", "the search took too long and was stopped") from None
+    except StoreError as exc:
+        raise ApiError(502, "retrieval_failed", exc.public) from None
+    except UpstreamError as exc:
         raise ApiError(502, "retrieval_failed", str(exc)) from None
     return JSONResponse(
         {

@@ -70,9 +70,18 @@ async def chat_events(
         retrieval = await _retrieve(req, svc, deadline)
     except (UpstreamError, StoreError, TimeoutError) as exc:
         stats.error = stats.mode = "retrieval_failed"
+        logger.warning("retrieval failed: %s", exc)
         metadata["mode"] = "error"
         yield {"metadata": metadata, "done": False}
         yield _error("retrieval_failed", _message(exc, "search timed out"))
+        yield {"done": True}
+        return
+    except Exception:  # a bug, not an outage: the reader still gets error + done
+        logger.exception("retrieval crashed")
+        stats.error = stats.mode = "internal_error"
+        metadata["mode"] = "error"
+        yield {"metadata": metadata, "done": False}
+        yield _error("internal_error", "the search failed unexpectedly")
         yield {"done": True}
         return
     stats.retrieval_ms = (time.perf_counter() - stats.started) * 1000
@@ -156,6 +165,10 @@ async def _generate(
         stats.error = "upstream_error"
         logger.warning("chat model failed: %s", exc)
         yield _error("upstream_error", f"the language model failed: {exc}")
+    except Exception:  # a bug, not an outage: the reader still gets error + done
+        logger.exception("answer generation crashed")
+        stats.error = "internal_error"
+        yield _error("internal_error", "the answer failed unexpectedly")
     finally:
         await stream.aclose()
         usage = stream.usage
@@ -165,7 +178,9 @@ async def _generate(
 
 
 def _message(exc: BaseException, timeout_text: str) -> str:
-    return timeout_text if isinstance(exc, TimeoutError) else str(exc)
+    if isinstance(exc, TimeoutError):
+        return timeout_text
+    return exc.public if isinstance(exc, StoreError) else str(exc)
 
 
 async def chat_json(req: ChatRequest, svc: Services, request_id: str, stats: TurnStats) -> Event:

@@ -244,7 +244,10 @@ class ChatClient:
         if usage is not None:
             out.usage = usage
         parts: list[str] = []
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise UpstreamError(f"{self._service} sent a malformed event")
+        for choice in choices:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # only one answer (n=1) is asked for
             delta = choice.get("delta") or {}

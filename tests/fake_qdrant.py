@@ -9,7 +9,7 @@ What local mode does not model is reproduced from Qdrant's source: the
 401 of the api-key check, alias resolution on every endpoint, payload indexes.
 
 Test hooks: `fail()` queues faults (an error answer, a delay, a hang, a dropped
-connection) for requests matching a pattern; `requests` records what was sent;
+or reset connection) for requests matching a pattern; `requests` records what was sent;
 `down()` / `up()` stop and restart listening on the same port.
 
     with FakeQdrant(api_key="secret") as qdrant:
@@ -21,6 +21,8 @@ from __future__ import annotations
 import fnmatch
 import importlib.metadata
 import json
+import socket
+import struct
 import threading
 import time
 import uuid
@@ -84,7 +86,7 @@ class Fault:
     `status` answers with that status and `body` (dict/list: JSON, str: text,
     None: Qdrant's error envelope); `status=None` serves the request normally after
     `delay` seconds. `hang` never answers (until the client disconnects); `drop`
-    closes the connection mid-answer.
+    closes the connection mid-answer; `reset` resets it (TCP RST) mid-answer.
     """
 
     status: int | None = 503
@@ -93,6 +95,7 @@ class Fault:
     delay: float = 0.0
     hang: bool = False
     drop: bool = False
+    reset: bool = False
 
 
 @dataclass
@@ -223,6 +226,8 @@ class FakeQdrant:
             return
         seen = Seen(scope["method"], scope["path"], scope.get("query_string", b"").decode())
         self.requests.append(seen)
+        # uvicorn's connection, to reset it (its receive() is a bound method).
+        scope["fake.transport"] = getattr(getattr(receive, "__self__", None), "transport", None)
         body = bytearray()  # read it all first: counted even when a fault answers
         while True:
             message = await receive()
@@ -265,6 +270,15 @@ class FakeQdrant:
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-length", b"1000")]})  # fmt: skip
             await send({"type": "http.response.body", "body": b'{"result":', "more_body": True})
+            return True
+        if fault.reset:  # start an answer, then RST: a crashed proxy or a reset NAT entry
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"1000")]})  # fmt: skip
+            await send({"type": "http.response.body", "body": b'{"result":', "more_body": True})
+            await anyio.sleep(0.05)
+            _reset(scope)
+            while (await receive())["type"] != "http.disconnect":  # let uvicorn see it
+                pass
             return True
         if fault.status is None:
             return False
@@ -622,6 +636,16 @@ class FakeQdrant:
             lookup_from=body.lookup_from,
         )  # fmt: skip
         return [point_json(p) for p in found.points]
+
+
+def _reset(scope: Scope) -> None:
+    """Reset the TCP connection: SO_LINGER 0 makes close() send RST, not FIN."""
+    transport = scope.get("fake.transport")
+    if transport is None:
+        raise RuntimeError("resetting a connection needs uvicorn's h11 protocol")
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 # --- request parsing with Qdrant's texts ----------------------------------------------------

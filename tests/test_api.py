@@ -224,3 +224,21 @@ def test_concurrent_ingest_requests_get_409(tmp_path: Path) -> None:
         assert first.status_code == 202
         assert second.status_code == 409
         assert first.json()["job_id"] in second.json()["error"]["message"]
+
+
+def test_an_unexpected_failure_still_ends_with_error_and_done(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug (not an outage) in retrieval: the reader still gets a clean end, the log the trace."""
+    from rag.retrieval import Retriever
+
+    async def broken(self: Retriever, query: str, top_k: int | None = None) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(Retriever, "retrieve", broken)
+    r = httpx.post(f"{server.url}/chat", json={"question": "What is an IMU?"}, timeout=30)
+    events = sse_events(r.content)
+    assert events[0]["metadata"]["mode"] == "error"
+    assert events[-2]["error"] == {"code": "internal_error", "message": "the search failed unexpectedly"}
+    assert events[-1] == {"done": True}
+    assert "retrieval crashed" in caplog.text

@@ -36,7 +36,20 @@ def dimension_error(text: str) -> StoreError | None:
 
 
 class StoreError(RuntimeError):
-    """A store call failed; the message is safe to show (no secrets)."""
+    """A store call failed; the message is safe to log (no secrets).
+
+    `public` also leaves out the server's address: readers are told the store
+    failed, operators (logs, the CLI) are told where.
+    """
+
+    def __init__(self, message: str, *, address: str | None = None) -> None:
+        super().__init__(message)
+        self.address = address
+
+    @property
+    def public(self) -> str:
+        text = str(self)
+        return text.replace(f" at {self.address}", "") if self.address else text
 
 
 @dataclass(frozen=True)

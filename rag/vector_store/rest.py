@@ -170,7 +170,7 @@ class QdrantStore:
             if answer is _MISSING:
                 return []
             found = _field(answer, "points", list)
-            return [_hit(p, float(p["score"]) if dense is not None else None) for p in found]
+            return [_hit(p, _score(p) if dense is not None else None) for p in found]
 
         # Hybrid: RRF over both legs, and in the same request both legs' candidates
         # rescored by the dense query, which gives every hit's exact cosine (the
@@ -195,8 +195,8 @@ class QdrantStore:
         if not isinstance(answer, list) or len(answer) != 2:
             raise self._error_text("sent an unexpected answer to a batch query")
         fused, rescored = (_field(a, "points", list) for a in answer)
-        cosine = {str(p["id"]): float(p["score"]) for p in rescored}
-        return [_hit(p, cosine.get(str(p["id"]))) for p in fused]
+        cosine = {_id(p): _score(p) for p in rescored}
+        return [_hit(p, cosine.get(_id(p))) for p in fused]
 
     async def count(self) -> int:
         answer = await self._call(
@@ -298,7 +298,9 @@ class QdrantStore:
     async def _change_aliases(self, actions: list[dict[str, Any]]) -> None:
         answer = await self._call("POST", "/collections/aliases", json={"actions": actions})
         if answer is _MISSING:
-            raise StoreError(f"Qdrant at {self._where}: alias change refused: not found")
+            raise StoreError(
+                f"Qdrant at {self._where}: alias change refused: not found", address=self._where
+            )
 
     async def _alias_targets(self) -> dict[str, str]:
         answer = await self._call("GET", "/aliases")
@@ -387,7 +389,7 @@ class QdrantStore:
         """Never a secret in a message, whatever a server or proxy echoed back."""
         if self._api_key:
             message = message.replace(self._api_key, "***")
-        return StoreError(message)
+        return StoreError(message, address=self._where)
 
     def _check_live(self) -> None:
         if self._staged:
@@ -446,8 +448,24 @@ def _create_alias(collection: str, alias: str) -> dict[str, Any]:
     return {"create_alias": {"collection_name": collection, "alias_name": alias}}
 
 
-def _hit(point: dict[str, Any], dense_score: float | None) -> Hit:
-    return Hit(str(point["id"]), float(point["score"]), point.get("payload") or {}, dense_score)
+def _hit(point: Any, dense_score: float | None) -> Hit:
+    payload = point.get("payload") if isinstance(point, dict) else None
+    if payload is not None and not isinstance(payload, dict):
+        raise StoreError("Qdrant sent a malformed point (payload is not an object)")
+    return Hit(_id(point), _score(point), payload or {}, dense_score)
+
+
+def _id(point: Any) -> str:
+    if not isinstance(point, dict) or not isinstance(point.get("id"), str | int):
+        raise StoreError("Qdrant sent a malformed point (no id)")
+    return str(point["id"])
+
+
+def _score(point: Any) -> float:
+    score = point.get("score") if isinstance(point, dict) else None
+    if not isinstance(score, int | float) or isinstance(score, bool):
+        raise StoreError("Qdrant sent a malformed point (no score)")
+    return float(score)
 
 
 def _meta(collection_info: Any) -> dict[str, Any]:
