@@ -56,8 +56,8 @@ STOP_WORDS = frozenset(
     theirs them themselves then there these they this those through to too under until up
     ve very was wasn we were weren what when where which while who whom why will with won
     would wouldn you your yours yourself yourselves also
-    explain describe tell please
-    """.split()  # the last line: how questions start, never what they are about
+    explain describe tell please use used uses using
+    """.split()  # the last line: how questions ask ("which X does Y use"), never what about
 )
 
 
