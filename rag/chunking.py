@@ -254,16 +254,16 @@ class _TokenCounter:
     def _prev_safe(self, lo: int, hi: int) -> int:
         """The last safe boundary in [lo, hi), or -1 (searched backwards in growing windows)."""
         t = self.text
-        end, width = hi, 64
+        near = max(lo, hi - 32)  # usually a space is a few characters back
+        for p in range(hi - 1, near - 1, -1):
+            if _safe_pair(t[p - 1], t[p]):
+                return p
+        end, width = near, 64
         while end > lo:
             start = max(lo, end - width)
-            found = -1
-            for m in _SAFE_CANDIDATE.finditer(t, start, end):
-                p = m.start()
+            for p in reversed([m.start() for m in _SAFE_CANDIDATE.finditer(t, start, end)]):
                 if _safe_pair(t[p - 1], t[p]):
-                    found = p
-            if found >= 0:
-                return found
+                    return p
             end, width = start, width * 4
         return -1
 
@@ -312,22 +312,42 @@ def _trim(text: str, a: int, b: int) -> tuple[int, int]:
     return a, b
 
 
+@dataclass
+class _Atom:
+    """A block the packer never cuts: a paragraph (or a piece of one), a code block, a table.
+
+    `text` is None for a span of the section text (start..end); pieces of an oversize
+    code block or table carry their own text (fences re-opened, header repeated), with
+    start..end the block they came from."""
+
+    start: int
+    end: int
+    kind: str  # "prose" | "code" | "table"
+    tokens: int
+    text: str | None = None
+
+
 def _atomize(
-    counter: _Counter, a: int, b: int, separators: list[str], limit: int, out: list[tuple[int, int]]
+    counter: _Counter, a: int, b: int, separators: list[str], limit: int, out: list[_Atom]
 ) -> None:
-    """Recursive split of text[a:b] on the coarsest separator present, down to pieces <= limit."""
+    """Recursive split of text[a:b] on the coarsest separator present, down to prose
+    atoms <= limit (their exact counts come along: the packer needs them)."""
     a, b = _trim(counter.text, a, b)
     if a >= b:
         return
-    if counter.count(a, b) <= limit:
-        out.append((a, b))
+    n = counter.count(a, b)
+    if n <= limit:
+        out.append(_Atom(a, b, "prose", n))
         return
     text = counter.text
     for level, sep in enumerate(separators):
         if sep and text.find(sep, a, b) >= 0:
             break
     else:
-        out += [s for s in (_trim(text, *p) for p in counter.hard_split(a, b, limit)) if s[0] < s[1]]
+        for p, q in counter.hard_split(a, b, limit):
+            p, q = _trim(text, p, q)
+            if p < q:
+                out.append(_Atom(p, q, "prose", counter.count(p, q)))
         return
     rest = separators[level + 1 :]
     # The visible part of a separator stays with the piece it belongs to:
@@ -347,21 +367,6 @@ def _atomize(
 
 
 # --- packing -------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Atom:
-    """A block the packer never cuts: a paragraph (or a piece of one), a code block, a table.
-
-    `text` is None for a span of the section text (start..end); pieces of an oversize
-    code block or table carry their own text (fences re-opened, header repeated), with
-    start..end the block they came from."""
-
-    start: int
-    end: int
-    kind: str  # "prose" | "code" | "table"
-    tokens: int
-    text: str | None = None
 
 
 @dataclass
@@ -545,9 +550,8 @@ class RecursiveTextSplitter:
         if not text or not text.strip():
             return []
         counter = self.counter(text)
-        spans: list[tuple[int, int]] = []
-        _atomize(counter, 0, len(text), self.separators, self.atom_limit(), spans)
-        atoms = [_Atom(a, b, "prose", counter.count(a, b)) for a, b in spans]
+        atoms: list[_Atom] = []
+        _atomize(counter, 0, len(text), self.separators, self.atom_limit(), atoms)
         packer = _Packer(counter, self.chunk_size, self.chunk_overlap)
         return [text[start : atoms_[-1].end] for start, atoms_, _ in packer.pack(atoms)]
 
@@ -759,9 +763,7 @@ def _section_pieces(
     atoms: list[_Atom] = []
 
     def prose(a: int, b: int) -> None:
-        spans: list[tuple[int, int]] = []
-        _atomize(counter, a, b, PROSE_SEPARATORS, prose_limit, spans)
-        atoms.extend(_Atom(p, q, "prose", counter.count(p, q)) for p, q in spans)
+        _atomize(counter, a, b, PROSE_SEPARATORS, prose_limit, atoms)
 
     for kind, a, b in _blocks(text):
         if kind == "prose":

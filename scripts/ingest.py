@@ -77,18 +77,20 @@ async def run(args: argparse.Namespace, settings: Settings) -> tuple[IngestRepor
     source = args.source or settings.book_content_dir
     progress = ProgressPrinter(not args.quiet)
     token_counts: list[int] = []
+    started = time.perf_counter()
     if args.dry_run or args.chunks_out:
         book = await anyio.to_thread.run_sync(load_book, source, settings)
         token_counts = [c.token_count for c in book.chunks]
         if args.chunks_out:
             with args.chunks_out.open("w", encoding="utf-8") as out:
                 for chunk in book.chunks:
-                    out.write(json.dumps(chunk.to_json(), ensure_ascii=False) + "\n")
+                    out.write(json.dumps(chunk.record(), ensure_ascii=False) + "\n")
     if args.dry_run:
         report = IngestReport(dry_run=True, status="failed" if book.errors else "succeeded")
         report.files, report.chunks = len(book.files), len(book.chunks)
         report.chunk_tokens = sum(token_counts)
         report.errors = list(book.errors)
+        report.timings["total_s"] = round(time.perf_counter() - started, 3)
         return report, token_counts
     settings = replace(settings, auto_ingest=False)
     async with open_services(settings) as svc:

@@ -167,8 +167,10 @@ def test_cli_dry_run_writes_chunks_and_summary(tmp_path: Path, book: Path) -> No
     summary = json.loads(proc.stdout)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["chunks"] == len(lines) > 0 and summary["dry_run"] is True
-    assert set(lines[0]) >= {"id", "text", "doc_path", "title", "section", "url", "token_count", "chunk_index"}
+    spec_fields = {"id", "text", "doc_path", "title", "section", "url", "token_count", "chunk_index"}
+    assert all(set(line) == spec_fields for line in lines)  # exactly the SPEC's fields
     assert summary["tokens_per_chunk"]["max"] <= 512
+    assert summary["timings"]["total_s"] > 0
     assert not (tmp_path / "data").exists()  # a dry run writes nothing
 
 
