@@ -60,11 +60,16 @@ def make_store(settings: Settings, client: httpx.AsyncClient) -> VectorStore:
 
 # Upstream connections kept open for reuse (both to OpenAI and to Qdrant): a bound, not a leak.
 MAX_KEEPALIVE = 40
+# Every answer being streamed holds one upstream connection for its whole life, and a new
+# question needs one more for its query embedding. With 200 (the first setting) the 201st
+# held stream made every new question wait for a slot: the pool must stay above what the
+# machine can stream (about 400 on 2 cores, bench/bench_footprint.py), or new readers stall.
+MAX_CONNECTIONS = 1000
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
     timeout = httpx.Timeout(settings.upstream_timeout, connect=min(10.0, settings.upstream_timeout))
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=MAX_KEEPALIVE)
+    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE)
     return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
 
 
