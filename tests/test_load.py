@@ -139,3 +139,58 @@ def test_200_streams_with_early_disconnects_leave_nothing_behind(tmp_path: Path)
             assert len(early) >= results.count("left") * 0.9  # upstream calls were cut too
             assert rss_mb() - baseline_rss < 150
             assert time.monotonic() - started < 60
+
+
+HELD = 250  # more than the first upstream pool (200), far less than the machine can hold
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_a_new_question_is_served_while_many_answers_are_streaming(tmp_path: Path) -> None:
+    """Each streaming answer holds an upstream connection for its whole life. A new reader's
+    question needs one more (its query embedding): it must not wait for an answer to end."""
+    content = tmp_path / "book"
+    shutil.copytree(REPO / "book_content", content)
+    slow = Reply(content=["tok "] * 3, first_token_delay=0.1, token_delay=30)
+    with FakeOpenAI(api_key=None, default_reply=slow) as openai:
+        settings = Settings.from_environ(
+            {
+                "DATA_DIR": str(tmp_path / "data"), "BOOK_CONTENT_DIR": str(content),
+                "OPENAI_API_KEY": "sk-load", "OPENAI_BASE_URL": openai.url,
+                "RATE_LIMIT_PER_MINUTE": "0", "DENSE_RELEVANCE_FLOOR": "-1",
+                "STREAM_DEADLINE_SECONDS": "120", "LOG_LEVEL": "warning",
+            },
+            env_file=None,
+        )
+        with serve(create_app(settings), timeout_graceful_shutdown=1) as srv:
+            wait_ingested(srv.url)
+
+            async def run() -> tuple[int, dict[str, Any]]:
+                limits = httpx.Limits(max_connections=HELD + 1, max_keepalive_connections=0)
+                async with httpx.AsyncClient(base_url=srv.url, timeout=120, limits=limits) as client:
+
+                    async def hold(i: int) -> None:
+                        async with client.stream("POST", "/chat", json={"question": f"gyroscope drift {i}"}) as r:
+                            async for _ in r.aiter_raw():
+                                pass
+
+                    holders = [asyncio.create_task(hold(i)) for i in range(HELD)]
+                    try:
+                        # Every held answer has reached the upstream and is streaming from it.
+                        for _ in range(600):
+                            if openai.in_flight["chat"] >= HELD:
+                                break
+                            await asyncio.sleep(0.1)
+                        held = openai.in_flight["chat"]
+                        async with client.stream("POST", "/chat", json={"question": "What is an IMU?"}) as r:
+                            async for line in r.aiter_lines():
+                                if line.startswith("data: "):
+                                    return held, json.loads(line[6:])
+                        return held, {}
+                    finally:
+                        for task in holders:
+                            task.cancel()
+                        await asyncio.gather(*holders, return_exceptions=True)
+
+            held, first = asyncio.run(asyncio.wait_for(run(), 90))
+            assert held == HELD  # all of them streaming at once: none queued for a connection
+            assert "sources" in first["metadata"]  # the new reader got its metadata meanwhile
