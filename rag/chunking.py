@@ -662,7 +662,8 @@ def _blocks(text: str) -> list[tuple[str, int, int]]:
 
 
 def _fit_lines(
-    counter: _TokenCounter, a: int, b: int, prefix: str, suffix: str, size: int, minimum: int
+    counter: _TokenCounter, a: int, b: int, prefix: str, suffix: str, size: int, minimum: int,
+    lead: int = 0,
 ) -> list[tuple[str, int]] | None:
     """Whole lines text[a:b] (a code block's body, a table's rows) -> pieces
     `prefix + text[p:q] + suffix` of at most `size` tokens with exact counts.
@@ -671,20 +672,26 @@ def _fit_lines(
     share of the tokens (found from the token offsets, not by counting line after line),
     or the last one within the budget; a single line longer than a piece is cut at a
     space, else anywhere. A last piece under `minimum` takes lines from the one
-    before it while both stay in bounds. None: the frame leaves no room."""
+    before it while both stay in bounds. `lead`: tokens of a short piece just before
+    the block that has nowhere else to go; the first piece leaves room to take it in.
+    None: the frame leaves no room."""
     budget = size - count_tokens(prefix + suffix) - _JOIN_MARGIN
     if budget < 8:
         return None
+    if budget - lead - _JOIN_SLACK < 8:
+        lead = 0
     t = counter.text
     # As many pieces as the budget needs, of about the same size: a small neighbour still fits.
-    pieces = -(-counter.approx(a, b) // budget)
-    target = -(-counter.approx(a, b) // max(1, pieces))
+    total = counter.approx(a, b) + lead
+    pieces = -(-total // budget)
+    target = -(-total // max(1, pieces))
     spans: list[list[int]] = []
     p = a
     while p < b:
-        q = counter.after(p, budget, b)
+        room = lead + _JOIN_SLACK if lead and not spans else 0  # the first piece's share
+        q = counter.after(p, budget - room, b)
         if q < b:
-            nl = t.find("\n", counter.after(p, target, b), q)  # the first line end past the target
+            nl = t.find("\n", counter.after(p, max(1, target - room), b), q)  # the first line end past the target
             if nl <= p:
                 nl = t.rfind("\n", p, q + 1)  # else the last one that fits
             if nl > p:
@@ -693,7 +700,7 @@ def _fit_lines(
                 space = t.rfind(" ", p + 1, q)
                 q = space if space > p else q
         n = counter.count(p, q, prefix, suffix)
-        while n > size and q > p + 1:  # the estimate was off: give back a line (or some characters)
+        while n > size - room and q > p + 1:  # the estimate was off: give back a line (or some characters)
             nl = t.rfind("\n", p + 1, q)
             q = nl if nl > p else p + (q - p) * 3 // 4 or p + 1
             n = counter.count(p, q, prefix, suffix)
@@ -715,7 +722,7 @@ def _fit_lines(
 
 
 def _split_code(
-    counter: _TokenCounter, a: int, b: int, size: int, minimum: int
+    counter: _TokenCounter, a: int, b: int, size: int, minimum: int, lead: int = 0
 ) -> list[tuple[str, int]] | None:
     """An oversize fenced block text[a:b] -> pieces cut on lines, each re-opened and closed
     with the block's fence; None when the fence lines leave no room (then: split as prose)."""
@@ -732,11 +739,13 @@ def _split_code(
     closed = c is not None and c.group(2)[0] == m.group(2)[0] and not c.group(3).strip()
     closing = text[last_nl + 1 : b] if closed else m.group(1) + m.group(2)
     body_end = last_nl if closed else b
-    return _fit_lines(counter, first_nl + 1, body_end, opening + "\n", "\n" + closing, size, minimum)
+    return _fit_lines(
+        counter, first_nl + 1, body_end, opening + "\n", "\n" + closing, size, minimum, lead
+    )
 
 
 def _split_table(
-    counter: _TokenCounter, a: int, b: int, size: int, minimum: int
+    counter: _TokenCounter, a: int, b: int, size: int, minimum: int, lead: int = 0
 ) -> list[tuple[str, int]] | None:
     """An oversize table text[a:b] -> pieces of rows, each under the header row and the
     delimiter line; None when the header leaves no room (then: split as prose)."""
@@ -745,7 +754,7 @@ def _split_table(
     delim_end = text.find("\n", head_end + 1, b) if head_end >= 0 else -1
     if delim_end < 0 or counter.count(a, delim_end) * 2 > size:
         return None
-    return _fit_lines(counter, delim_end + 1, b, text[a:delim_end] + "\n", "", size, minimum)
+    return _fit_lines(counter, delim_end + 1, b, text[a:delim_end] + "\n", "", size, minimum, lead)
 
 
 def _section_pieces(
@@ -760,7 +769,9 @@ def _section_pieces(
             return [_Piece(section, counter, a, b, text[a:b], n, True, head=section, tail=section,
                            lazy=True)]
     prose_limit = RecursiveTextSplitter(size, overlap).atom_limit()
+    packer = _Packer(counter, size, overlap)
     atoms: list[_Atom] = []
+    since = 0  # atoms before this one are packed apart from the rest (a split block ended them)
 
     def prose(a: int, b: int) -> None:
         _atomize(counter, a, b, PROSE_SEPARATORS, prose_limit, atoms)
@@ -773,14 +784,20 @@ def _section_pieces(
         if n <= size:
             atoms.append(_Atom(a, b, kind, n))
             continue
+        # A short chunk just before a big block could join neither neighbour once the
+        # block is cut into near-full pieces: its first piece leaves room for it instead.
+        lead = 0
+        if since < len(atoms):
+            last = packer.pack(atoms[since:])[-1][2]
+            lead = last if last < minimum else 0
         split = _split_code if kind == "code" else _split_table
-        parts = split(counter, a, b, size, minimum)
+        parts = split(counter, a, b, size, minimum, lead)
         if parts is None:
             prose(a, b)
         else:
             atoms.extend(_Atom(a, b, kind, n, part) for part, n in parts)
+            since = len(atoms) - 1
 
-    packer = _Packer(counter, size, overlap)
     pieces: list[_Piece] = []
     for start, group, tokens in packer.pack(atoms):
         span = all(at.text is None for at in group)
