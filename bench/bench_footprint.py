@@ -249,18 +249,22 @@ def wait_health(
     raise RuntimeError(f"{base} not ready after {timeout} s")
 
 
-def cold_start(
-    python: Path, app: str, cwd: Path, port: int, env: dict[str, str]
-) -> tuple[float, float]:
-    """Seconds from process start to the first 200 of /health; RSS (MB) after 2 s idle."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
+def uvicorn(python: Path, app: str, cwd: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
         [str(python), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)],
         cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def cold_start(
+    python: Path, app: str, cwd: Path, port: int, env: dict[str, str]
+) -> tuple[float, float]:
+    """Seconds from process start to the first 200 of /health; RSS (MB) after 2 s idle."""
+    t0 = time.perf_counter()
+    proc = uvicorn(python, app, cwd, port, env)
     try:
         wait_health(f"http://127.0.0.1:{port}", proc)
         elapsed = time.perf_counter() - t0
@@ -384,7 +388,7 @@ def machine_busy_seconds() -> float:
 
 
 def ramp(
-    python: Path, app: str, fake: subprocess.Popen, fake_url: str, port: int, extra_path: str | None
+    python: Path, app: str, fake: subprocess.Popen, fake_url: str, port: int
 ) -> list[dict]:
     data = Path(tempfile.mkdtemp())
     env = clean_env(
@@ -396,16 +400,8 @@ def ramp(
         DENSE_RELEVANCE_FLOOR="-1",
         STREAM_DEADLINE_SECONDS="3600",
     )
-    if extra_path:
-        env["PYTHONPATH"] = extra_path
     # The Dockerfile's command (default log level: one access line per request), on 127.0.0.1.
-    service = subprocess.Popen(
-        [str(python), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    service = uvicorn(python, app, REPO, port, env)
     base = f"http://127.0.0.1:{port}"
     rows: list[dict] = []
     hold = None
@@ -573,7 +569,7 @@ def main() -> int:
     assert fake.stdout is not None
     fake_url = fake.stdout.readline().strip()
     try:
-        rows = ramp(ours, "main:app", fake, fake_url, 8799, None)
+        rows = ramp(ours, "main:app", fake, fake_url, 8799)
     finally:
         fake.terminate()
         fake.wait()

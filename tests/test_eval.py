@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "eval.py"
 
 LEXICAL_SECTION_HIT5_MIN = 0.95  # measured 1.000 (39 questions): one miss allowed
-LEXICAL_MRR_MIN = 0.85  # measured 0.909
+LEXICAL_MRR_MIN = 0.85  # measured 0.902
 LEXICAL_FALSE_NO_ANSWER_MAX = 0.03  # measured 0.000: one allowed
 ALL_SECTION_HIT5_MIN = 0.80  # measured 0.836 (61 questions): two misses allowed
 ALL_DOC_HIT5_MIN = 0.90  # measured 0.934

@@ -71,6 +71,21 @@ def rss_mb() -> float:
     return 0.0
 
 
+def load_settings(tmp_path: Path, openai_url: str, deadline: float) -> Settings:
+    """The sample book on the OpenAI path against the stand-in, no rate limit, no floor."""
+    content = tmp_path / "book"
+    shutil.copytree(REPO / "book_content", content)
+    return Settings.from_environ(
+        {
+            "DATA_DIR": str(tmp_path / "data"), "BOOK_CONTENT_DIR": str(content),
+            "OPENAI_API_KEY": "sk-load", "OPENAI_BASE_URL": openai_url,
+            "RATE_LIMIT_PER_MINUTE": "0", "DENSE_RELEVANCE_FLOOR": "-1",
+            "STREAM_DEADLINE_SECONDS": str(deadline), "LOG_LEVEL": "warning",
+        },
+        env_file=None,
+    )
+
+
 async def reader(client: httpx.AsyncClient, i: int, results: list[str]) -> None:
     leave_early = i % 3 == 0
     async with client.stream("POST", "/chat", json={"question": f"How does a gyroscope drift? ({i})"}) as r:
@@ -90,19 +105,9 @@ async def reader(client: httpx.AsyncClient, i: int, results: list[str]) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 def test_200_streams_with_early_disconnects_leave_nothing_behind(tmp_path: Path) -> None:
-    content = tmp_path / "book"
-    shutil.copytree(REPO / "book_content", content)
     reply = Reply(content=["tok "] * 20, first_token_delay=0.3, token_delay=0.05)
     with FakeOpenAI(api_key=None, default_reply=reply) as openai:
-        settings = Settings.from_environ(
-            {
-                "DATA_DIR": str(tmp_path / "data"), "BOOK_CONTENT_DIR": str(content),
-                "OPENAI_API_KEY": "sk-load", "OPENAI_BASE_URL": openai.url,
-                "RATE_LIMIT_PER_MINUTE": "0", "DENSE_RELEVANCE_FLOOR": "-1",
-                "STREAM_DEADLINE_SECONDS": "60", "LOG_LEVEL": "warning",
-            },
-            env_file=None,
-        )
+        settings = load_settings(tmp_path, openai.url, deadline=60)
         probe = LoopProbe(create_app(settings))
         with serve(probe, timeout_graceful_shutdown=1) as srv:
             wait_ingested(srv.url)
@@ -148,19 +153,9 @@ HELD = 250  # more than the first upstream pool (200), far less than the machine
 def test_a_new_question_is_served_while_many_answers_are_streaming(tmp_path: Path) -> None:
     """Each streaming answer holds an upstream connection for its whole life. A new reader's
     question needs one more (its query embedding): it must not wait for an answer to end."""
-    content = tmp_path / "book"
-    shutil.copytree(REPO / "book_content", content)
     slow = Reply(content=["tok "] * 3, first_token_delay=0.1, token_delay=30)
     with FakeOpenAI(api_key=None, default_reply=slow) as openai:
-        settings = Settings.from_environ(
-            {
-                "DATA_DIR": str(tmp_path / "data"), "BOOK_CONTENT_DIR": str(content),
-                "OPENAI_API_KEY": "sk-load", "OPENAI_BASE_URL": openai.url,
-                "RATE_LIMIT_PER_MINUTE": "0", "DENSE_RELEVANCE_FLOOR": "-1",
-                "STREAM_DEADLINE_SECONDS": "120", "LOG_LEVEL": "warning",
-            },
-            env_file=None,
-        )
+        settings = load_settings(tmp_path, openai.url, deadline=120)
         with serve(create_app(settings), timeout_graceful_shutdown=1) as srv:
             wait_ingested(srv.url)
 
