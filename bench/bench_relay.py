@@ -93,54 +93,9 @@ async def service_ttfc(base: str, clients: int, rounds: int) -> list[float]:
     return out
 
 
-async def direct_ttfc(fake_url: str, clients: int, rounds: int) -> list[float]:
-    from openai import AsyncOpenAI
-
-    client = AsyncOpenAI(api_key="sk-test", base_url=fake_url, max_retries=0)
-    out: list[float] = []
-
-    async def one() -> None:
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            stream = await client.chat.completions.create(
-                model="gpt-4o-mini", stream=True,
-                messages=[{"role": "user", "content": "How does a complementary filter work?"}],
-            )
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    out.append((time.perf_counter() - t0) * 1000)
-                    break
-            await stream.close()
-
-    await asyncio.gather(*(one() for _ in range(clients)))
-    await client.close()
-    return out
-
-
-async def direct_embed(fake_url: str, clients: int, rounds: int) -> list[float]:
-    """The upstream's own latency for the query embedding the service makes before the chat call."""
-    from openai import AsyncOpenAI
-
-    client = AsyncOpenAI(api_key="sk-test", base_url=fake_url, max_retries=0)
-    out: list[float] = []
-
-    async def one() -> None:
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            await client.embeddings.create(
-                model="text-embedding-3-small", input=["How does a complementary filter work?"], dimensions=1536
-            )
-            out.append((time.perf_counter() - t0) * 1000)
-
-    await asyncio.gather(*(one() for _ in range(clients)))
-    await client.close()
-    return out
-
-
-async def direct_pair(fake_url: str, clients: int, rounds: int) -> list[float]:
-    """The same two upstream calls the service makes, straight from the SDK: embed the
-    question, then stream the chat; time to the first content. What the service adds
-    beyond this is retrieval, prompt and relay."""
+async def sdk_direct(fake_url: str, clients: int, rounds: int, *, embed: bool, chat: bool) -> list[float]:
+    """The openai SDK straight to the stand-in: the query embedding the service makes first
+    (`embed`), then the chat stream to its first content (`chat`), or either alone; ms each."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(api_key="sk-test", base_url=fake_url, max_retries=0)
@@ -150,17 +105,19 @@ async def direct_pair(fake_url: str, clients: int, rounds: int) -> list[float]:
     async def one() -> None:
         for _ in range(rounds):
             t0 = time.perf_counter()
-            await client.embeddings.create(
-                model="text-embedding-3-small", input=[question], dimensions=1536
-            )
-            stream = await client.chat.completions.create(
-                model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": question}]
-            )
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    out.append((time.perf_counter() - t0) * 1000)
-                    break
-            await stream.close()
+            if embed:
+                await client.embeddings.create(
+                    model="text-embedding-3-small", input=[question], dimensions=1536
+                )
+            if chat:
+                stream = await client.chat.completions.create(
+                    model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": question}]
+                )
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        break
+                await stream.close()
+            out.append((time.perf_counter() - t0) * 1000)
 
     await asyncio.gather(*(one() for _ in range(clients)))
     await client.close()
@@ -204,17 +161,17 @@ def main() -> int:
         print(f"{'time to first content (ms)':<42}{'p50':>8}{'p99':>8}")
         for clients, rounds in ((1, 20), (32, 2)):
             asyncio.run(service_ttfc(base, clients, 1))  # warm: connections, caches
-            direct: list[float] = []
+            chat_alone: list[float] = []
             embed: list[float] = []
             pair: list[float] = []
             ours: list[float] = []
             for _ in range(3):  # interleaved blocks: drift on the machine hits both sides alike
-                direct += asyncio.run(direct_ttfc(url, clients, rounds))
-                embed += asyncio.run(direct_embed(url, clients, rounds))
-                pair += asyncio.run(direct_pair(url, clients, rounds))
+                chat_alone += asyncio.run(sdk_direct(url, clients, rounds, embed=False, chat=True))
+                embed += asyncio.run(sdk_direct(url, clients, rounds, embed=True, chat=False))
+                pair += asyncio.run(sdk_direct(url, clients, rounds, embed=True, chat=True))
                 ours += asyncio.run(service_ttfc(base, clients, rounds))
             rows = [
-                (f"openai SDK chat direct x{clients}", direct),
+                (f"openai SDK chat direct x{clients}", chat_alone),
                 (f"openai SDK embedding direct x{clients}", embed),
                 (f"openai SDK embed, then chat x{clients}", pair),
                 (f"through the service x{clients}", ours),
