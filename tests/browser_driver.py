@@ -6,12 +6,10 @@ Playwright never downloads a browser here: it drives the system's
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -47,15 +45,6 @@ def chromium() -> Iterator[object]:
             browser.close()
 
 
-def wait_ingested(base: str, timeout: float = 60) -> dict:
-    """Poll /health until the auto-ingest on start-up has finished with points."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        health = httpx.get(f"{base}/health", timeout=5).json()
-        if health["points"] > 0 and health["ingest"]["running"] is None:
-            return health
-        time.sleep(0.05)
-    raise AssertionError("the book was not ingested in time")
 
 
 def blank_site() -> Starlette:

@@ -8,8 +8,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
+
+from rag.http import RetryPolicy
+
+# Retries against the stand-ins: the real policy, with delays short enough for tests.
+FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, max_elapsed=10.0)
 
 
 def free_port() -> int:
@@ -52,3 +58,14 @@ def serve(app: ASGIApp, **config: object) -> Iterator[ServerThread]:
         yield server
     finally:
         server.stop()
+
+
+def wait_ingested(base: str, timeout: float = 60) -> dict:
+    """Poll /health until the auto-ingest on start-up has finished with points."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = httpx.get(f"{base}/health", timeout=5).json()
+        if health["points"] > 0 and health["ingest"]["running"] is None:
+            return health
+        time.sleep(0.05)
+    raise AssertionError("the book was not ingested in time")

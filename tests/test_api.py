@@ -14,20 +14,10 @@ import pytest
 
 from main import create_app
 from rag.config import Settings
-from tests.servers import ServerThread, serve
+from tests.servers import ServerThread, serve, wait_ingested
 
 REPO = Path(__file__).resolve().parent.parent
 FRAME = re.compile(rb"(?:data: (\{[^\n]*\})\n\n|: ping\n\n)")
-
-
-def wait_ingested(base: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        health = httpx.get(f"{base}/health", timeout=5).json()
-        if health["points"] > 0 and health["ingest"]["running"] is None:
-            return health
-        time.sleep(0.05)
-    raise AssertionError("the book was not ingested in time")
 
 
 def make_settings(tmp: Path, content: Path, **env: str) -> Settings:

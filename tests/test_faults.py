@@ -32,12 +32,12 @@ from starlette.types import Message, Receive, Scope, Send
 from main import create_app
 from rag.config import Settings
 from rag.http import RetryPolicy
-from tests.fake_openai import Fault as OFault
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.fake_qdrant import Fault as QFault
+from tests.fake_openai import Fault as OFault
 from tests.fake_qdrant import FakeQdrant
-from tests.servers import ServerThread, serve
-from tests.test_api import sse_events, wait_ingested
+from tests.fake_qdrant import Fault as QFault
+from tests.servers import ServerThread, serve, wait_ingested
+from tests.test_api import sse_events
 
 REPO = Path(__file__).resolve().parent.parent
 QDRANT_KEY = "qdrant-SECRET-key-4711"

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from main import create_app
 from rag.config import Settings
-from tests.servers import ServerThread, serve
-from tests.test_api import wait_ingested
+from tests.servers import ServerThread, serve, wait_ingested
 
 REPO = Path(__file__).resolve().parent.parent
 ALLOWED = "http://localhost:3000"

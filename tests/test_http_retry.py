@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.to_thread
@@ -14,29 +13,10 @@ from hypothesis import strategies as st
 
 from rag.http import RetryPolicy, UpstreamError, redact, request, retry_after_seconds, stream
 from tests.fake_openai import DEFAULT_KEY, FakeOpenAI, Fault, Reply
-from tests.servers import free_port
+from tests.servers import FAST, free_port
 
-FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, max_elapsed=10.0)
 AUTH = {"authorization": f"Bearer {DEFAULT_KEY}"}
 BODY = {"model": "text-embedding-3-small", "input": ["hello robots"], "dimensions": 8}
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAI) -> FakeOpenAI:
-    server.reset()
-    return server
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as http:
-        yield http
 
 
 async def embed(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.to_thread
@@ -12,31 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rag.http import RetryPolicy, UpstreamError
+from rag.http import UpstreamError
 from rag.llm import ChatClient, ChatStream, SSEDecoder, Usage
 from tests.fake_openai import FakeOpenAI, Fault, Reply, Seen, openrouter_error, vllm_error
+from tests.servers import FAST
 
-FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, max_elapsed=10.0)
 QUESTION = [{"role": "user", "content": "What is a humanoid robot?"}]
 ECHO = "You asked: What is a humanoid robot. The book answers this [1]."
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAI) -> FakeOpenAI:
-    server.reset()
-    return server
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as http:
-        yield http
 
 
 def chat_client(client: httpx.AsyncClient, fake: FakeOpenAI, timeout: float = 10.0) -> ChatClient:

@@ -22,8 +22,7 @@ from main import create_app
 from rag.config import Settings
 from rag.services import MAX_KEEPALIVE
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.servers import serve
-from tests.test_api import wait_ingested
+from tests.servers import serve, wait_ingested
 
 REPO = Path(__file__).resolve().parent.parent
 STREAMS = 200

@@ -16,8 +16,8 @@ import pytest
 from main import create_app
 from rag.config import Settings
 from tests.fake_qdrant import FakeQdrant
-from tests.servers import serve
-from tests.test_api import sse_events, wait_ingested
+from tests.servers import serve, wait_ingested
+from tests.test_api import sse_events
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "qdrant-test-key"
