@@ -387,21 +387,29 @@ class _Piece:
     lazy: bool = False  # prose_from / prose_to not worked out yet (see _prose_bounds)
 
 
+def _prose_edges(parts: list[tuple[str, int, int]], start: int, end: int) -> tuple[int | None, int | None]:
+    """For a span start..end made of `parts` (kind, start, end): where the run of prose that
+    ends it starts, and where the run that opens it ends (None: a code block or table there)."""
+    prose_from = prose_to = None
+    if parts and parts[-1][0] == "prose":
+        run = len(parts) - 1
+        while run > 0 and parts[run - 1][0] == "prose":
+            run -= 1
+        prose_from = start if run == 0 else parts[run][1]
+    if parts and parts[0][0] == "prose":
+        run = 0
+        while run + 1 < len(parts) and parts[run + 1][0] == "prose":
+            run += 1
+        prose_to = end if run == len(parts) - 1 else parts[run][2]
+    return prose_from, prose_to
+
+
 def _prose_bounds(piece: _Piece) -> _Piece:
     """Work out where the prose at the ends of a one-piece section starts and ends."""
     if piece.lazy:
         piece.lazy = False
         blocks = [blk for blk in _blocks(piece.counter.text) if blk[1] < piece.end and blk[2] > piece.start]
-        if blocks and blocks[-1][0] == "prose":
-            run = len(blocks) - 1
-            while run > 0 and blocks[run - 1][0] == "prose":
-                run -= 1
-            piece.prose_from = piece.start if run == 0 else blocks[run][1]
-        if blocks and blocks[0][0] == "prose":
-            run = 0
-            while run + 1 < len(blocks) and blocks[run + 1][0] == "prose":
-                run += 1
-            piece.prose_to = piece.end if run == len(blocks) - 1 else blocks[run][2]
+        piece.prose_from, piece.prose_to = _prose_edges(blocks, piece.start, piece.end)
     return piece
 
 
@@ -509,6 +517,13 @@ class _Packer:
         return None
 
 
+def _atom_limit(size: int, overlap: int, margin: int) -> int:
+    """Pieces this small leave room for an overlap tail (and `margin` for the join) in front."""
+    if overlap <= 0:
+        return size
+    return max(size - overlap - margin, (size + 1) // 2)
+
+
 # --- the recursive splitter ----------------------------------------------------------------------
 
 
@@ -539,19 +554,13 @@ class RecursiveTextSplitter:
     def counter(self, text: str) -> _Counter:
         return _TokenCounter(text) if self._token_mode else _LengthCounter(text, self.length)
 
-    def atom_limit(self) -> int:
-        """Pieces this small leave room for an overlap tail in front of them."""
-        if self.chunk_overlap <= 0:
-            return self.chunk_size
-        room = self.chunk_size - self.chunk_overlap - (_JOIN_MARGIN if self._token_mode else 0)
-        return max(room, (self.chunk_size + 1) // 2)
-
     def split_text(self, text: str) -> list[str]:
         if not text or not text.strip():
             return []
         counter = self.counter(text)
         atoms: list[_Atom] = []
-        _atomize(counter, 0, len(text), self.separators, self.atom_limit(), atoms)
+        limit = _atom_limit(self.chunk_size, self.chunk_overlap, _JOIN_MARGIN if self._token_mode else 0)
+        _atomize(counter, 0, len(text), self.separators, limit, atoms)
         packer = _Packer(counter, self.chunk_size, self.chunk_overlap)
         return [text[start : atoms_[-1].end] for start, atoms_, _ in packer.pack(atoms)]
 
@@ -768,7 +777,7 @@ def _section_pieces(
         if a < b and n <= size:
             return [_Piece(section, counter, a, b, text[a:b], n, True, head=section, tail=section,
                            lazy=True)]
-    prose_limit = RecursiveTextSplitter(size, overlap).atom_limit()
+    prose_limit = _atom_limit(size, overlap, _JOIN_MARGIN)
     packer = _Packer(counter, size, overlap)
     atoms: list[_Atom] = []
     since = 0  # atoms before this one are packed apart from the rest (a split block ended them)
@@ -808,16 +817,8 @@ def _section_pieces(
             tokens, span, head=section, tail=section,
         )
         if span:
-            if group[-1].kind == "prose":
-                run = len(group) - 1
-                while run > 0 and group[run - 1].kind == "prose":
-                    run -= 1
-                piece.prose_from = start if run == 0 else group[run].start
-            if group[0].kind == "prose":
-                run = 0
-                while run + 1 < len(group) and group[run + 1].kind == "prose":
-                    run += 1
-                piece.prose_to = group[run].end
+            parts = [(at.kind, at.start, at.end) for at in group]
+            piece.prose_from, piece.prose_to = _prose_edges(parts, start, end)
         pieces.append(piece)
     return pieces
 
