@@ -78,10 +78,8 @@ async def search(request: Request) -> Response:
             retrieval = await svc.retriever.retrieve(req.query, req.top_k)
     except TimeoutError:
         raise ApiError(504, "deadline_exceeded", "the search took too long and was stopped") from None
-    except StoreError as exc:
+    except (StoreError, UpstreamError) as exc:
         raise ApiError(502, "retrieval_failed", exc.public) from None
-    except UpstreamError as exc:
-        raise ApiError(502, "retrieval_failed", str(exc)) from None
     return JSONResponse(
         {
             "query": req.query,

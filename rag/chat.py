@@ -73,7 +73,7 @@ async def chat_events(
         logger.warning("retrieval failed: %s", exc)
         metadata["mode"] = "error"
         yield {"metadata": metadata, "done": False}
-        yield _error("retrieval_failed", _message(exc, "search timed out"))
+        yield _error("retrieval_failed", _message(exc))
         yield {"done": True}
         return
     except Exception:  # a bug, not an outage: the reader still gets error + done
@@ -177,10 +177,8 @@ async def _generate(
             svc.budget.spend(usage.total_tokens)
 
 
-def _message(exc: BaseException, timeout_text: str) -> str:
-    if isinstance(exc, TimeoutError):
-        return timeout_text
-    return exc.public if isinstance(exc, StoreError) else str(exc)
+def _message(exc: UpstreamError | StoreError | TimeoutError) -> str:
+    return "search timed out" if isinstance(exc, TimeoutError) else exc.public
 
 
 async def chat_json(req: ChatRequest, svc: Services, request_id: str, stats: TurnStats) -> Event:

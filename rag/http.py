@@ -36,8 +36,6 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 SECRET_HEADERS = ("authorization", "api-key", "x-api-key", "proxy-authorization")
 # Key-shaped tokens: OpenAI (sk-, sk-proj-), OpenRouter (sk-or-), Bearer values.
 _KEY_LIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{3,}|Bearer\s+[A-Za-z0-9_\-.~+/=*]+)")
-# Arguments of `client.request()` that `client.send()` takes instead of `build_request()`.
-_SEND_ARGS = ("auth", "follow_redirects")
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,11 @@ class UpstreamError(RuntimeError):
         self.code = code
         self.retryable = retryable
         self.attempts = attempts
+
+    @property
+    def public(self) -> str:
+        """What a reader may be told (as `StoreError.public`): here, all of it."""
+        return str(self)
 
 
 def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:
@@ -224,7 +227,6 @@ async def _send(
     kwargs: dict[str, Any],
     read_body: bool,
 ) -> httpx.Response:
-    send_args = {name: kwargs.pop(name) for name in _SEND_ARGS if name in kwargs}
     secrets = _secrets(client, kwargs.get("headers"))
     started = time.monotonic()
     attempt = 0
@@ -232,7 +234,7 @@ async def _send(
         attempt += 1
         wait: float | None = None
         try:
-            response = await _attempt(client, method, url, kwargs, send_args, read_body)
+            response = await _attempt(client, method, url, kwargs, read_body)
         except httpx.TimeoutException:
             error = UpstreamError(f"{service} timed out", retryable=True)
         except httpx.UnsupportedProtocol as exc:
@@ -265,13 +267,12 @@ async def _attempt(
     method: str,
     url: str,
     kwargs: dict[str, Any],
-    send_args: dict[str, Any],
     read_body: bool,
 ) -> httpx.Response:
     """One try. Error bodies are always read (they carry the reason); a 2xx body only
     when `read_body`. A failure while reading closes the response."""
     built = client.build_request(method, url, **kwargs)
-    response = await client.send(built, stream=True, **send_args)
+    response = await client.send(built, stream=True)
     if read_body or not response.is_success:
         try:
             await response.aread()

@@ -132,7 +132,7 @@ class ChatClient:
         api_key: str,
         model: str,
         policy: RetryPolicy = RetryPolicy(),
-        timeout: float = 60.0,
+        timeout: float | None = None,
     ) -> None:
         self.model = model
         # Usage of the last stream that ended. Streams run concurrently on one client,
@@ -140,10 +140,16 @@ class ChatClient:
         self.last_usage: Usage | None = None
         self._client = client
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._api_key = api_key
         self._headers = {"authorization": f"Bearer {api_key}", "accept": "text/event-stream"}
         self._policy = policy
-        # `read` bounds the wait for the first token and every gap after it.
-        self._timeout = httpx.Timeout(timeout, connect=min(10.0, timeout))
+        # `read` bounds the wait for the first token and every gap after it; by default
+        # the shared client's own timeout (UPSTREAM_TIMEOUT in the service).
+        self._timeout: httpx.Timeout | Any = (
+            httpx.Timeout(timeout, connect=min(10.0, timeout))
+            if timeout is not None
+            else httpx.USE_CLIENT_DEFAULT
+        )
         self._service = service_name(base_url)
 
     def stream(
@@ -266,7 +272,7 @@ class ChatClient:
         message, code = error_fields(obj)
         status = int(code) if code is not None and code.isdigit() else None
         raise UpstreamError(
-            f"{self._service} failed mid-answer: {redact(message) or 'no details'}",
+            f"{self._service} failed mid-answer: {redact(message, (self._api_key,)) or 'no details'}",
             status=status, code=code or "error",
         )  # fmt: skip
 

@@ -237,23 +237,43 @@ _BLANK_RUNS = re.compile(r"\n(?:[ \t]*\n)+")
 
 
 def find_fences(text: str) -> list[Fence]:
-    """Fenced code blocks in order. An unclosed fence runs to the end of the text (CommonMark)."""
+    """Fenced code blocks in order. An unclosed fence runs to the end of the text (CommonMark).
+
+    Found from the runs of 3+ backticks or tildes, not by trying the pattern on every line:
+    a fence line is one whose first run starts after nothing but indentation."""
+    runs: list[tuple[int, int]] = []  # maximal runs of ``` or ~~~
+    for three in ("```", "~~~"):
+        i = text.find(three)
+        while i >= 0:
+            j = i + 3
+            while j < len(text) and text[j] == three[0]:
+                j += 1
+            runs.append((i, j))
+            i = text.find(three, j)
+    runs.sort()
     fences: list[Fence] = []
-    open_match: re.Match[str] | None = None
-    for m in _FENCE_LINE.finditer(text):
-        chars, info = m.group(2), m.group(3)
-        if open_match is None:
+    open_start, open_line, opened = -1, "", ""
+    line_end = -1
+    for i, j in runs:
+        if i < line_end:
+            continue  # not the first run on its line
+        line_start = text.rfind("\n", 0, i) + 1
+        line_end = text.find("\n", i)
+        if line_end < 0:
+            line_end = len(text)
+        if text[line_start:i].strip(" \t"):
+            continue
+        chars, info = text[i:j], text[j:line_end]
+        if not opened:
             if chars[0] == "`" and "`" in info:
                 continue  # ```inline``` on one line is a code span, not a fence
-            open_match = m
-            continue
-        opened = open_match.group(2)
-        if chars[0] == opened[0] and len(chars) >= len(opened) and not info.strip():
-            end = m.end() + 1 if m.end() < len(text) else m.end()
-            fences.append(Fence(open_match.start(), end, open_match.group(0), m.group(0)))
-            open_match = None
-    if open_match is not None:
-        fences.append(Fence(open_match.start(), len(text), open_match.group(0), None))
+            open_start, open_line, opened = line_start, text[line_start:line_end], chars
+        elif chars[0] == opened[0] and len(chars) >= len(opened) and not info.strip():
+            end = min(line_end + 1, len(text))
+            fences.append(Fence(open_start, end, open_line, text[line_start:line_end]))
+            opened = ""
+    if opened:
+        fences.append(Fence(open_start, len(text), open_line, None))
     return fences
 
 
@@ -297,9 +317,10 @@ def _clean_prose(prose: str) -> str:
     prose = _strip_esm(prose)
     if "{/*" in prose or "<!--" in prose:
         spans = _protected(prose)
-        for pattern in (_MDX_COMMENT, _HTML_COMMENT):
+        for i, pattern in enumerate((_MDX_COMMENT, _HTML_COMMENT)):
+            if i:
+                spans = _protected(prose)
             prose = pattern.sub(lambda m: m.group(0) if _inside(spans, m.start()) else "", prose)
-            spans = _protected(prose)
     if ":::" in prose:
         prose = _ADMONITION_OPEN.sub(_admonition_title, prose)
         prose = _ADMONITION_CLOSE.sub("", prose)
@@ -374,9 +395,9 @@ def _segments(body: str) -> list[tuple[bool, str]]:
         out.append((False, _clean_prose(body[pos : fence.start])))
         code = body[fence.start : fence.end]
         if fence.closing is None:  # an unclosed fence runs to the end: close it
-            indent = len(fence.opening) - len(fence.opening.lstrip(" \t"))
-            chars = re.match(r"`+|~+", fence.opening[indent:])
-            code = code.rstrip("\n") + "\n" + fence.opening[:indent] + (chars.group(0) if chars else "```")
+            m = _FENCE_LINE.match(fence.opening)
+            assert m is not None  # find_fences opened it with this very pattern
+            code = code.rstrip("\n") + "\n" + m.group(1) + m.group(2)
         out.append((True, code if code.endswith("\n") else code + "\n"))
         pos = fence.end
     out.append((False, _clean_prose(body[pos:])))

@@ -95,7 +95,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 base_url=settings.openai_base_url,
                 api_key=settings.openai_api_key,
                 model=settings.chat_model,
-                timeout=settings.upstream_timeout,
             )
         ingestor = Ingestor(store, settings, embedder=embedder)
         svc = Services(

@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from rag.config import Settings  # noqa: E402
 from rag.ingest import load_book  # noqa: E402
-from rag.markdown import Slugger  # noqa: E402
+from rag.markdown import github_slug  # noqa: E402
 from rag.retrieval import Source  # noqa: E402
 from rag.services import open_services  # noqa: E402
 
@@ -97,11 +97,12 @@ def section_hit(doc_path: str, section: str, url: str, text: str, question: dict
         return False
     crumbs = {heading_key(part) for part in section.split(" > ")}
     lines = {heading_key(m.group(1)) for m in map(_HEADING_LINE.match, text.splitlines()) if m}
+    anchor = _anchor(url)
     for expected in expected_sections(question):
         key = heading_key(expected)
         if key in crumbs or key in lines:
             return True
-        if _anchor(url) and _anchor(url) == Slugger().slug(expected):
+        if anchor and anchor == github_slug(expected):
             return True
     return False
 

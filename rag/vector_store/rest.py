@@ -298,9 +298,7 @@ class QdrantStore:
     async def _change_aliases(self, actions: list[dict[str, Any]]) -> None:
         answer = await self._call("POST", "/collections/aliases", json={"actions": actions})
         if answer is _MISSING:
-            raise StoreError(
-                f"Qdrant at {self._where}: alias change refused: not found", address=self._where
-            )
+            raise self._safe(f"Qdrant at {self._where}: alias change refused: not found")
 
     async def _alias_targets(self) -> dict[str, str]:
         answer = await self._call("GET", "/aliases")
@@ -377,7 +375,7 @@ class QdrantStore:
         return self._safe(f"Qdrant at {self._where} {text.removeprefix('Qdrant ')}")
 
     def _missing_error(self) -> StoreError:
-        return StoreError(
+        return self._safe(
             f"Qdrant collection `{self._target}` not found at {self._where} "
             "(it is created on ingest)"
         )
