@@ -3,8 +3,11 @@
     python scripts/ingest.py --source ../book/docs            # incremental
     python scripts/ingest.py --full                           # rebuild, then swap
     python scripts/ingest.py --dry-run --chunks-out chunks.jsonl --json
+    python scripts/ingest.py --source docs --json --require-qdrant   # CI: production only
 
-Progress goes to stderr, the summary to stdout; the exit code is 0 only on success.
+Progress goes to stderr, the summary to stdout; the exit code is 0 only on success (2 for a
+configuration error, e.g. `--require-qdrant` without QDRANT_URL). The summary names the store
+written ("qdrant" or "embedded") and its collection, never a URL or a key.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from rag.ingest import IngestReport, load_book  # noqa: E402
 from rag.services import open_services  # noqa: E402
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, on its own so tests can check what a CI workflow passes to it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, help="content folder (default: BOOK_CONTENT_DIR)")
     parser.add_argument("--full", action="store_true", help="rebuild into a new collection, then swap")
@@ -34,7 +38,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunks-out", type=Path, help="write every chunk as one JSON line to FILE")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--require-qdrant",
+        action="store_true",
+        help="exit 2 unless QDRANT_URL is set, instead of falling back to the embedded shard"
+        " (CI: never report success for an index written to the runner's disk)",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def store_summary(settings: Settings) -> dict[str, str]:
+    """Which store the run writes (or, dry, would write): kind and collection only, no URL or key."""
+    return {"kind": settings.store_kind, "collection": settings.qdrant_collection}
 
 
 class ProgressPrinter:
@@ -51,9 +70,12 @@ class ProgressPrinter:
             print(f"[ingest] {stage}{suffix} ({elapsed:.1f} s)", file=sys.stderr, flush=True)
 
 
-def summary_lines(report: IngestReport, token_counts: list[int]) -> list[str]:
+def summary_lines(
+    report: IngestReport, token_counts: list[int], store: dict[str, str]
+) -> list[str]:
     lines = [
         f"status:    {report.status}{' (dry run)' if report.dry_run else ''}",
+        f"store:     {store['kind']}, collection {store['collection']}",
         f"files:     {report.files}",
         f"chunks:    {report.chunks} ({report.chunk_tokens} tokens)",
     ]
@@ -105,13 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.require_qdrant and settings.store_kind != "qdrant":
+        print(
+            "configuration error: QDRANT_URL is not set (--require-qdrant);"
+            " refusing to fall back to the embedded shard",
+            file=sys.stderr,
+        )
+        return 2
     try:
         report, token_counts = anyio.run(run, args, settings)
     except Exception as exc:  # noqa: BLE001 - one clear line, non-zero exit
         print(f"ingest failed: {exc}", file=sys.stderr)
         return 1
+    store = store_summary(settings)
     if args.json:
-        data = report.to_json()
+        data = {**report.to_json(), "store": store}
         if token_counts:
             data["tokens_per_chunk"] = {
                 "min": min(token_counts),
@@ -120,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         print(json.dumps(data, indent=2))
     else:
-        print("\n".join(summary_lines(report, token_counts)))
+        print("\n".join(summary_lines(report, token_counts, store)))
     return 0 if report.status == "succeeded" else 1
 
 
