@@ -2,7 +2,10 @@
 
 Every answer is built as OpenAI sends it and validated with the `openai` package's
 response types (`CreateEmbeddingResponse`, `ChatCompletionChunk`, `ChatCompletion`,
-`Model`) before it is sent; request bodies are checked the way the real API
+`Model`) before it is sent. An embedding answer is validated in its float form (the
+only one the SDK's type describes); for `encoding_format: "base64"`, what the service
+asks for, each vector is then encoded as OpenAI does (little-endian float32) and the
+final body's shape is checked too. Request bodies are checked the way the real API
 checks them (known arguments only, the 2048-input / 300k-token / 8192-token
 limits counted with tiktoken, `dimensions` only for text-embedding-3), so a
 client that passes here sends what OpenAI accepts.
@@ -206,6 +209,40 @@ def fake_embedding(
     return [x / norm for x in vector]
 
 
+def encode_base64(vector: list[float]) -> str:
+    """An embedding as OpenAI's `encoding_format: "base64"` sends it: little-endian float32."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def decode_base64(raw: str) -> list[float]:
+    """The inverse of `encode_base64` (for tests that compare both forms)."""
+    data = base64.b64decode(raw, validate=True)
+    return list(struct.unpack(f"<{len(data) // 4}f", data))
+
+
+def _check_base64_answer(answer: dict[str, Any], n: int, dimensions: int) -> None:
+    """The shape of a base64 answer, which the SDK's float-only type cannot check."""
+    data = answer.get("data")
+    problems = []
+    if answer.get("object") != "list" or not isinstance(data, list):
+        problems.append("not a list object")
+    elif sorted(item.get("index") for item in data) != list(range(n)):
+        problems.append("indexes are not 0..n-1")
+    else:
+        for item in data:
+            raw = item.get("embedding")
+            if set(item) != {"object", "index", "embedding"} or item["object"] != "embedding":
+                problems.append(f"bad item keys {sorted(item)}")
+            elif not isinstance(raw, str) or len(base64.b64decode(raw, validate=True)) != (
+                4 * dimensions
+            ):
+                problems.append(f"item {item['index']}: not {dimensions} base64 float32 values")
+    if not isinstance(answer.get("model"), str) or not isinstance(answer.get("usage"), dict):
+        problems.append("model or usage missing")
+    if problems:
+        raise RuntimeError(f"the fake built a malformed base64 embedding answer: {problems}")
+
+
 def error_body(
     status: int, message: str | None = None, code: str | int | None = None,
     type_: str | None = None, param: str | None = None,
@@ -238,8 +275,12 @@ class FakeOpenAI:
         aliases: dict[str, str] | None = None,
         shuffle: bool = True,
         default_reply: Reply | None = None,
+        ignore_encoding_format: bool = False,
     ) -> None:
         self.api_key = api_key
+        # Answer with JSON floats whatever `encoding_format` asks, as some compatible
+        # servers do (the request is still checked).
+        self.ignore_encoding_format = ignore_encoding_format
         self.aliases = aliases or {}
         self.shuffle = shuffle
         self.default_reply = default_reply or Reply()
@@ -427,8 +468,11 @@ class FakeOpenAI:
     async def embeddings(self, request: Request) -> Response:
         body = _json_object(await request.body())
         model, inputs, dimensions = _check_embedding_request(body)
+        encoding_format = body.get("encoding_format", "float")
+        if self.ignore_encoding_format:
+            encoding_format = "float"
         answer = await anyio.to_thread.run_sync(
-            self._embed, model, inputs, dimensions, body.get("encoding_format", "float")
+            self._embed, model, inputs, dimensions, encoding_format
         )
         return Response(answer, media_type="application/json")
 
@@ -447,21 +491,25 @@ class FakeOpenAI:
                 f"Requested {sum(counts)} tokens, max {MAX_REQUEST_TOKENS} tokens per request",
                 param="input",
             )
-        data = []
-        for i, text in enumerate(inputs):
-            vector = fake_embedding(text, dimensions, self.aliases)
-            embedding: Any = vector
-            if encoding_format == "base64":
-                embedding = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-            data.append({"object": "embedding", "index": i, "embedding": embedding})
+        data: list[dict[str, Any]] = [
+            {"object": "embedding", "index": i,
+             "embedding": fake_embedding(text, dimensions, self.aliases)}
+            for i, text in enumerate(inputs)
+        ]  # fmt: skip
         if self.shuffle:
             random.Random(len(self.requests)).shuffle(data)
-        answer = {
+        answer: dict[str, Any] = {
             "object": "list", "data": data, "model": model,
             "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)},
         }  # fmt: skip
-        if encoding_format == "float":  # the SDK's type describes float vectors only
-            CreateEmbeddingResponse.model_validate(answer)
+        # The SDK's type describes the float form: every answer is validated in it first,
+        # then the base64 form (what the service asks for) is derived from it as OpenAI
+        # sends it, little-endian float32, and its own shape checked.
+        CreateEmbeddingResponse.model_validate(answer)
+        if encoding_format == "base64":
+            for item in data:
+                item["embedding"] = encode_base64(item["embedding"])
+            _check_base64_answer(answer, len(inputs), dimensions)
         return json.dumps(answer).encode()
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -8,12 +8,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
 from main import create_app
+from rag import sparse
 from rag.config import Settings
-from tests.fake_openai import FakeOpenAI, Fault, Reply, openrouter_error
+from rag.vector_store.edge import RRF_K, EdgeStore
+from tests.fake_openai import FakeOpenAI, Fault, Reply, fake_embedding, openrouter_error
 from tests.servers import ServerThread, serve, wait_ingested
 from tests.test_api import sse_events
 
@@ -109,6 +112,66 @@ def test_hybrid_finds_what_the_words_alone_cannot(server: ServerThread) -> None:
     results = r.json()["results"]
     assert r.json()["mode"] == "hybrid"
     assert any("gyroscope" in res["section"].lower() for res in results)
+
+
+# A book crafted so that neither list alone ranks the right passage first. The stand-in's
+# embeddings are a bag of words in which falcon/lamp/pit mean kestrel/lantern/quarry;
+# BM25 sees only the words as written.
+FUSION_QUERY = "kestrel lantern quarry"
+FUSION_ALIASES = {"falcon": "kestrel", "lamp": "lantern", "pit": "quarry"}
+_SEA = "tide harbour ferry anchor buoy jetty pier dune reef surf".split()
+_SURF = " ".join(f"{w} {w} {w} {w}." for w in _SEA)
+FUSION_PAGES = {
+    # BM25's first (all three words), but the dense leg's last: the words drown in the rest.
+    "survey": f"A kestrel, a lantern and a quarry are each named once here. {_SURF}",
+    # The right passage: two of the three words, nothing else. Second in both lists.
+    "target": "The kestrel hovers near the lantern.",
+    # The dense leg's first (all three, as synonyms), absent from BM25's list (no shared word).
+    "synonyms": "Falcon, lamp, pit.",
+    # Below "target" and above "survey" in the dense leg, absent from BM25's: pushes
+    # "survey" far enough down that RRF cannot lift it back over "target".
+    **{f"near{i}": f"One {word} rests." for i, word in enumerate(["falcon", "lamp", "pit"] * 2)},
+}
+
+
+def test_fusion_ranks_first_what_neither_list_ranks_first(tmp_path: Path) -> None:
+    book = tmp_path / "book"
+    book.mkdir()
+    for name, text in FUSION_PAGES.items():
+        (book / f"{name}.md").write_text(f"---\ntitle: {name.title()}\n---\n\n{text}\n")
+    with FakeOpenAI(aliases=FUSION_ALIASES) as stand_in:
+        settings = llm_settings(tmp_path, stand_in)
+        with serve(create_app(settings)) as srv:
+            assert wait_ingested(srv.url)["points"] == len(FUSION_PAGES)
+            r = httpx.post(f"{srv.url}/search", json={"query": FUSION_QUERY, "top_k": 3})
+            # Each list on its own, from the very store the service reads.
+            sparse_only, dense_only = anyio.run(_single_lists, settings, FUSION_QUERY)
+            meta = chat(srv, question=FUSION_QUERY)[0]["metadata"]
+    assert r.status_code == 200 and r.json()["mode"] == "hybrid"
+    hybrid = [res["doc_path"] for res in r.json()["results"]]
+    assert hybrid[0] == "target.md", hybrid
+    assert meta["mode"] == "rag" and meta["sources"][0]["doc_path"] == "target.md"
+    assert sparse_only == ["survey.md", "target.md"]  # BM25: only the pages with the words
+    assert dense_only[:2] == ["synonyms.md", "target.md"] and dense_only[-1] == "survey.md"
+    assert len({sparse_only[0], dense_only[0], hybrid[0]}) == 3  # three different firsts
+
+    # Qdrant's RRF, 1 / (k + 0-based rank) summed over the lists, from the two lists above:
+    # "target" 1/3 + 1/3 beats "survey" 1/2 + 1/10 and "synonyms" 1/2.
+    def rrf(doc: str) -> float:
+        return sum(1 / (RRF_K + ranks.index(doc)) for ranks in (sparse_only, dense_only)
+                   if doc in ranks)  # fmt: skip
+    assert max(FUSION_PAGES, key=lambda name: rrf(f"{name}.md")) == "target"
+
+
+async def _single_lists(settings: Settings, query: str) -> tuple[list[str], list[str]]:
+    store = EdgeStore(settings.data_dir, settings.qdrant_collection)
+    try:
+        dense = fake_embedding(query, settings.embedding_dimensions, FUSION_ALIASES)
+        by_words = await store.query(dense=None, sparse=sparse.query_vector(query), limit=20)
+        by_meaning = await store.query(dense=dense, sparse=None, limit=20)
+    finally:
+        await store.close()
+    return [h.payload["doc_path"] for h in by_words], [h.payload["doc_path"] for h in by_meaning]
 
 
 def test_follow_up_retrieves_with_the_previous_question_and_trims_history(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import math
+import struct
 
 import httpx
 import pytest
@@ -203,17 +205,42 @@ def test_batches_cover_everything_in_order_within_limits(
 
 
 @pytest.mark.anyio
-async def test_vectors_travel_as_base64_and_plain_float_answers_still_work(
+async def test_base64_answers_decode_to_the_same_vectors_as_float_answers(
     fake: FakeOpenAI, client: httpx.AsyncClient
 ) -> None:
-    text = "Inverse kinematics for a 7-DoF arm"
-    vector = await generator(client, fake, dimensions=64).embed_query(text)
-    assert close(vector, fake_embedding(text, 64))
-    (seen,) = [s for s in fake.seen() if s.endpoint == "embeddings"]
-    assert seen.body["encoding_format"] == "base64"
-    # A server that ignores encoding_format and answers with JSON floats is read the same way.
-    response = httpx.Response(
-        200, json={"data": [{"index": 0, "embedding": fake_embedding(text, 64)}], "usage": {"total_tokens": 9}}
-    )
-    vectors, used = generator(client, fake, dimensions=64)._parse(response, 1)
-    assert close(vectors[0], vector) and used == 9
+    texts = ["Inverse kinematics for a 7-DoF arm", "gyroscope bias drifts", "zero velocity"]
+    body = {"model": "text-embedding-3-small", "input": texts, "dimensions": 64}
+    headers = {"authorization": f"Bearer {fake.api_key}"}
+
+    # What travels: the same input asked for in both forms, read here without the service.
+    def by_index(answer: httpx.Response) -> list[object]:
+        assert answer.status_code == 200, answer.text
+        return [d["embedding"] for d in sorted(answer.json()["data"], key=lambda d: d["index"])]
+
+    url = f"{fake.url}/embeddings"
+    as_floats = by_index(await client.post(url, json={**body, "encoding_format": "float"},
+                                           headers=headers))  # fmt: skip
+    as_base64 = by_index(await client.post(url, json={**body, "encoding_format": "base64"},
+                                           headers=headers))  # fmt: skip
+    assert all(isinstance(e, list) for e in as_floats)
+    assert all(isinstance(e, str) for e in as_base64)
+    decoded = [list(struct.unpack("<64f", base64.b64decode(str(e)))) for e in as_base64]
+    for floats, packed in zip(as_floats, decoded, strict=True):
+        assert isinstance(floats, list)
+        # Little-endian float32 of the very same vector: equal once rounded to float32.
+        assert packed == list(struct.unpack("<64f", struct.pack("<64f", *floats)))
+        assert close(packed, floats)
+
+    # The service's own client asks for base64; a server that ignores that sends floats.
+    fake.reset()
+    from_base64 = await generator(client, fake, dimensions=64).embed(texts)
+    with FakeOpenAI(ignore_encoding_format=True) as plain:
+        from_floats = await generator(client, plain, dimensions=64).embed(texts)
+        (asked_plain,) = plain.seen("embeddings")
+    (asked,) = fake.seen("embeddings")
+    assert asked.body["encoding_format"] == asked_plain.body["encoding_format"] == "base64"
+    assert from_base64.vectors == decoded  # bit for bit what was sent
+    assert from_floats.vectors == as_floats
+    for a, b in zip(from_base64.vectors, from_floats.vectors, strict=True):
+        assert close(a, b)
+    assert from_base64.tokens == from_floats.tokens
