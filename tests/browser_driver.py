@@ -1,11 +1,14 @@
 """Headless Debian Chromium driven by Playwright, plus helpers the browser tests share.
 
 Playwright never downloads a browser here: it drives the system's
-`/usr/bin/chromium` (installed by apt), and tests skip when it is absent.
+`/usr/bin/chromium` (installed by apt). When the browser or Playwright is
+missing, the browser tests skip for a developer running plain pytest, but fail
+when `REQUIRE_BROWSER=1` (scripts/test.sh, and so CI, sets it).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-CHROMIUM = Path("/usr/bin/chromium")
+# BROWSER_TESTS_CHROMIUM only exists so a test can pretend the browser is missing.
+CHROMIUM = Path(os.environ.get("BROWSER_TESTS_CHROMIUM") or "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -27,7 +31,23 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DESKTOP = {"width": 1280, "height": 860}
-PHONE = {"width": 390, "height": 844}
+PHONE = {"width": 375, "height": 667}
+
+
+def browser_required() -> bool:
+    """REQUIRE_BROWSER=1 (as scripts/test.sh and CI run): a missing browser is a failure."""
+    return os.environ.get("REQUIRE_BROWSER", "").strip().lower() in {"1", "true", "yes"}
+
+
+def browser_unavailable() -> str | None:
+    """Why the browser tests cannot run here, or None when they can."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        return f"Playwright is not installed ({exc})"
+    if not CHROMIUM.exists():
+        return f"Debian's chromium is not installed ({CHROMIUM} is missing)"
+    return None
 
 
 @contextmanager
@@ -43,8 +63,6 @@ def chromium() -> Iterator[object]:
             yield browser
         finally:
             browser.close()
-
-
 
 
 def blank_site() -> Starlette:

@@ -1,25 +1,37 @@
 """The chat page and client.js in a real headless Chromium, against the real app over HTTP.
 
 Covers what a visitor and the book's React widget rely on: the answer streams in,
-sources link to the book's section anchors, Stop aborts, errors show, the mode
-is named, and client.js works from another origin listed in CORS_ORIGINS (and
-only from one). The client's SSE frame buffering is unit-tested in the browser.
+sources link to the book's section anchors, Stop (button or Esc) aborts, errors
+show, the mode is named (not-in-the-book included), nothing is fetched from
+another origin (no CDN), the page fits a 375x667 phone, and client.js works from
+another origin listed in CORS_ORIGINS (and only from one), Retry-After included.
+The client's SSE frame buffering is unit-tested in the browser. A missing browser
+skips these tests, or fails them under REQUIRE_BROWSER=1 (scripts/test.sh, CI).
 Screenshots go to artifacts/screenshots/.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from tests.browser_driver import CHROMIUM, DESKTOP, PHONE, blank_site, chromium
+from tests.browser_driver import (
+    DESKTOP,
+    PHONE,
+    blank_site,
+    browser_required,
+    browser_unavailable,
+    chromium,
+)
 from tests.servers import ServerThread, serve, wait_ingested
-
-pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
@@ -30,7 +42,21 @@ BOOK_BASE_URL = "https://mrowaisabdullah.github.io/ai-humanoid-robotics/docs"
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser_ok() -> None:
+    """Missing browser or Playwright: skip, or fail under REQUIRE_BROWSER=1 (scripts/test.sh, CI).
+
+    The API fixtures depend on it too, so a skip happens before any server starts.
+    """
+    problem = browser_unavailable()
+    if problem:
+        if browser_required():
+            pytest.fail(f"REQUIRE_BROWSER=1 but {problem}", pytrace=False)
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def browser(browser_ok: None) -> Iterator[Any]:
+    """Headless Chromium (a Playwright `Browser`)."""
     with chromium() as launched:
         yield launched
 
@@ -62,7 +88,7 @@ def app_settings(tmp: Path, **env: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def plain_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+def plain_api(tmp_path_factory: pytest.TempPathFactory, browser_ok: None) -> Iterator[ServerThread]:
     """No OPENAI_API_KEY: BM25 retrieval and extractive answers."""
     from main import create_app
 
@@ -325,8 +351,14 @@ def source_links(turn: Any) -> list[dict[str, str]]:
 
 
 def test_extractive_answer_names_its_mode_and_links_sections(plain_api: ServerThread, page: Any) -> None:
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
     page.goto(f"{plain_api.url}/")
     page.wait_for_function("document.getElementById('status').textContent.includes('extractive')")
+    points = httpx.get(f"{plain_api.url}/health", timeout=5).json()["points"]
+    assert page.locator("#status").inner_text() == (
+        f"{points} passages indexed · extractive answers (no language model configured)"
+    )
     turn = ask_on_page(page, FILTER_QUESTION)
     assert turn.locator(".mode").inner_text().lower() == "extractive: quoted from the book"
     assert turn.locator(".error").is_hidden()
@@ -341,6 +373,42 @@ def test_extractive_answer_names_its_mode_and_links_sections(plain_api: ServerTh
     cites = turn.locator(".answer a.cite").evaluate_all("(as) => as.map((a) => a.href)")
     assert cites and set(cites) <= {link["href"] for link in links}
     screenshot(page, "chat-extractive")
+
+    # No CDN: everything the page fetched (page, CSS, scripts, /health, /chat) came from the app.
+    origin = plain_api.url + "/"
+    assert {url.split("?")[0].removeprefix(origin) for url in requests} >= {
+        "", "static/app.css", "static/app.js", "client.js", "health", "chat"
+    }
+    foreign = [url for url in requests if not url.startswith(origin)]
+    assert foreign == [], f"the page fetched from elsewhere: {foreign}"
+
+
+def test_page_reads_only_fields_that_health_returns(plain_api: ServerThread) -> None:
+    """Every `health.x.y` app.js reads exists in the real /health body (no dead fields)."""
+    health = httpx.get(f"{plain_api.url}/health", timeout=5).json()
+    source = (REPO / "rag" / "static" / "app.js").read_text()
+    paths = re.findall(r"\bhealth((?:\.\w+)+)", source)
+    assert paths, "app.js no longer reads /health?"
+    for path in paths:
+        node: Any = health
+        for key in path.strip(".").split("."):
+            assert isinstance(node, dict) and key in node, f"app.js reads health{path}; /health has no such field"
+            node = node[key]
+
+
+OUT_OF_SCOPE_QUESTION = "What is the capital of France?"
+
+
+def test_a_question_the_book_does_not_answer_says_so(plain_api: ServerThread, page: Any) -> None:
+    page.goto(f"{plain_api.url}/")
+    turn = ask_on_page(page, OUT_OF_SCOPE_QUESTION)
+    mode = turn.locator(".mode")
+    # data-mode is the metadata frame's mode, as the server sent it
+    assert mode.is_visible() and mode.get_attribute("data-mode") == "no_answer"
+    assert mode.inner_text().lower() == "not in the book"
+    assert turn.locator(".error").is_hidden()
+    assert turn.locator(".answer").inner_text().strip(), "the page should say why there is no answer"
+    screenshot(page, "chat-not-in-the-book")
 
 
 def test_history_and_selection_are_sent_with_the_next_question(plain_api: ServerThread, page: Any) -> None:
@@ -396,7 +464,10 @@ def other_sites() -> Iterator[tuple[ServerThread, ServerThread]]:
 
 @pytest.fixture(scope="module")
 def llm_api(
-    tmp_path_factory: pytest.TempPathFactory, fake_openai: Any, other_sites: tuple[ServerThread, ServerThread]
+    tmp_path_factory: pytest.TempPathFactory,
+    browser_ok: None,
+    fake_openai: Any,
+    other_sites: tuple[ServerThread, ServerThread],
 ) -> Iterator[ServerThread]:
     from main import create_app
 
@@ -418,6 +489,36 @@ def fake(fake_openai: Any) -> Iterator[Any]:
     fake_openai.reset()
     yield fake_openai
     fake_openai.reset()
+
+
+PHONE_FIT_JS = """
+() => {
+  const box = (id) => {
+    const r = document.getElementById(id).getBoundingClientRect();
+    return {left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width, height: r.height};
+  };
+  return {
+    scrollWidth: document.scrollingElement.scrollWidth,
+    innerWidth: window.innerWidth,
+    innerHeight: window.innerHeight,
+    question: box("question"),
+    send: box("send"),
+  };
+}
+"""
+
+
+def assert_fits_the_screen(page: Any, when: str) -> None:
+    """No sideways scrolling, and the question box and Send button are on screen."""
+    fit = page.evaluate(PHONE_FIT_JS)
+    assert fit["innerWidth"] == page.viewport_size["width"]
+    assert fit["scrollWidth"] <= fit["innerWidth"], f"{when}: the page scrolls sideways: {fit}"
+    for name in ("question", "send"):
+        assert page.locator(f"#{name}").is_visible(), f"{when}: #{name} is hidden"
+        r = fit[name]
+        assert r["width"] > 0 and r["height"] > 0, f"{when}: #{name} has no size: {r}"
+        assert 0 <= r["left"] and r["right"] <= fit["innerWidth"], f"{when}: #{name} is off screen: {r}"
+        assert 0 <= r["top"] and r["bottom"] <= fit["innerHeight"], f"{when}: #{name} is off screen: {r}"
 
 
 RECORD_LENGTHS_JS = """
@@ -443,6 +544,9 @@ def test_generated_answer_streams_in_with_cited_section_links(
         page = context.new_page()
         page.goto(f"{llm_api.url}/")
         page.wait_for_function("document.getElementById('status').textContent.includes('generated')")
+        if name == "phone":
+            assert page.viewport_size == {"width": 375, "height": 667}
+            assert_fits_the_screen(page, "on load")
         page.evaluate(RECORD_LENGTHS_JS)
         turn = ask_on_page(page, FILTER_QUESTION)
 
@@ -463,22 +567,33 @@ def test_generated_answer_streams_in_with_cited_section_links(
         cites = turn.locator(".answer a.cite").evaluate_all("(as) => as.map((a) => a.href)")
         assert len(cites) == 2 and set(cites) == {links[0]["href"]}
 
+        if name == "phone":  # with an answer (a code block, links) on screen too
+            assert_fits_the_screen(page, "after an answer")
         turn.locator(".sources").scroll_into_view_if_needed()
         screenshot(page, f"chat-{name}", full_page=name == "desktop")
         context.close()
     assert len(fake.seen("chat")) == 2
 
 
-def test_stop_aborts_the_stream_and_the_upstream_call(llm_api: ServerThread, fake: Any, page: Any) -> None:
+@pytest.mark.parametrize("how", ["stop_button", "escape_key"])
+def test_stop_aborts_the_stream_and_the_upstream_call(
+    llm_api: ServerThread, fake: Any, page: Any, how: str
+) -> None:
     from tests.fake_openai import Reply
 
     fake.script(Reply(content=LONG_ANSWER, token_delay=0.05))
     page.goto(f"{llm_api.url}/")
     page.fill("#question", FILTER_QUESTION)
-    page.click("#send")
+    if how == "stop_button":
+        page.click("#send")
+    else:
+        page.press("#question", "Enter")  # keyboard only: Enter sends, Esc stops
     page.wait_for_function("document.querySelector('.turn .answer').textContent.includes('word3')")
     assert page.locator("#send").is_disabled()
-    page.click("#stop")
+    if how == "stop_button":
+        page.click("#stop")
+    else:
+        page.keyboard.press("Escape")
     turn = page.locator(".turn")
     page.wait_for_selector(".turn.stopped[aria-busy=false]")
     assert turn.locator(".turn-status").inner_text() == "Stopped."
@@ -492,7 +607,8 @@ def test_stop_aborts_the_stream_and_the_upstream_call(llm_api: ServerThread, fak
     assert chat.disconnected and chat.chunks_sent < 400
     assert turn.locator(".answer").inner_text() == shown, "text kept arriving after Stop"
     assert "word399" not in shown
-    screenshot(page, "chat-stopped")
+    if how == "stop_button":
+        screenshot(page, "chat-stopped")
 
 
 @pytest.mark.parametrize("failure", ["quota", "mid_stream"])
@@ -572,3 +688,81 @@ def test_client_module_works_from_a_listed_origin_only(
     assert [e["code"] for e in out["seen"]["errors"]] == ["network_error"]
     assert out["result"]["answer"] == ""
     assert len(fake.seen("chat")) == 1  # the refused request never reached the model
+
+
+@pytest.fixture(scope="module")
+def limited_api(
+    tmp_path_factory: pytest.TempPathFactory,
+    browser_ok: None,
+    other_sites: tuple[ServerThread, ServerThread],
+) -> Iterator[ServerThread]:
+    """Extractive, one chat request a minute per client, CORS open to the first other site."""
+    from main import create_app
+
+    settings = app_settings(
+        tmp_path_factory.mktemp("limited"), RATE_LIMIT_PER_MINUTE="1", CORS_ORIGINS=other_sites[0].url
+    )
+    with serve(create_app(settings)) as server:
+        wait_ingested(server.url)
+        yield server
+
+
+def test_client_module_reads_retry_after_from_a_cross_origin_429(
+    limited_api: ServerThread, other_sites: tuple[ServerThread, ServerThread], page: Any
+) -> None:
+    allowed, _ = other_sites
+    page.goto(f"{allowed.url}/")
+    first = page.evaluate(CROSS_ORIGIN_JS, [limited_api.url, False])
+    assert first["seen"]["errors"] == [] and first["result"]["answer"]
+    second = page.evaluate(CROSS_ORIGIN_JS, [limited_api.url, False])
+    assert second["seen"]["done"] == 1 and second["result"]["answer"] == ""
+    (error,) = second["seen"]["errors"]
+    assert error["code"] == "rate_limited" and error["status"] == 429, error
+    # The browser hides Retry-After from a cross-origin script unless the API lists it in
+    # Access-Control-Expose-Headers (CORSMiddleware's expose_headers in main.py).
+    assert "retry_after" in error, f"Retry-After not readable cross-origin (not exposed by CORS?): {error}"
+    assert isinstance(error["retry_after"], int) and 1 <= error["retry_after"] <= 60, error
+
+
+# ---------------------------------------------------------------- a missing browser: skip, or fail in CI
+
+
+def test_chromium_launches(browser: Any) -> None:
+    assert browser.is_connected() and browser.version
+
+
+def run_chromium_launches(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_chromium_launches"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("missing", ["chromium", "playwright"])
+def test_a_missing_browser_skips_locally_but_fails_under_require_browser(tmp_path: Path, missing: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REQUIRE_BROWSER"}
+    if missing == "chromium":
+        env["BROWSER_TESTS_CHROMIUM"] = str(tmp_path / "no-such-chromium")
+    else:  # a `playwright` package earlier on the path that fails to import
+        (tmp_path / "playwright").mkdir()
+        (tmp_path / "playwright" / "__init__.py").write_text('raise ImportError("simulated: no playwright")\n')
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
+
+    developer = run_chromium_launches(env)
+    assert developer.returncode == 0, developer.stdout + developer.stderr
+    assert "1 skipped" in developer.stdout and missing in developer.stdout.lower()
+
+    ci = run_chromium_launches({**env, "REQUIRE_BROWSER": "1"})
+    assert ci.returncode == 1, ci.stdout + ci.stderr
+    assert "1 error" in ci.stdout and "skipped" not in ci.stdout
+    assert "REQUIRE_BROWSER=1 but" in ci.stdout
+
+
+def test_the_test_script_requires_the_browser_unless_told_otherwise() -> None:
+    """scripts/test.sh (what CI runs) exports REQUIRE_BROWSER=1, keeping a value already set."""
+    script = (REPO / "scripts" / "test.sh").read_text()
+    (line,) = [ln for ln in script.splitlines() if re.match(r"\s*export REQUIRE_BROWSER=", ln)]
+    assert script.index(line) < script.index("-m pytest"), "REQUIRE_BROWSER must be set before pytest runs"
+    env = {k: v for k, v in os.environ.items() if k != "REQUIRE_BROWSER"}
+    probe = ["bash", "-c", f'{line}\nprintf %s "$REQUIRE_BROWSER"']
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout == "1"
+    preset = {**env, "REQUIRE_BROWSER": "0"}
+    assert subprocess.run(probe, env=preset, capture_output=True, text=True, check=True).stdout == "0"
