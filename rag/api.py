@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import time
 import uuid
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import anyio
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from rag import __version__
 from rag.chat import TurnStats, chat_events, chat_json
@@ -19,10 +21,14 @@ from rag.http import UpstreamError
 from rag.ingest import JobBusy
 from rag.schemas import ChatRequest, IngestRequest, SearchRequest, read_json
 from rag.services import Services
-from rag.sse import EventStreamResponse
+from rag.sse import EventStreamResponse, until_disconnect
 from rag.vector_store.base import StoreError
 
 STATIC = Path(__file__).resolve().parent / "static"
+
+
+async def _NO_RESPONSE(scope: Scope, receive: Receive, send: Send) -> None:
+    """For a client that is gone: send nothing (the request log says 499)."""
 
 
 def services(request: Request) -> Services:
@@ -36,9 +42,23 @@ def request_id(request: Request) -> str:
     return str(rid)
 
 
+def client_key(host: str) -> str:
+    """Who a rate limit counts: the client's address (uvicorn has already read it from
+    the trusted proxy's X-Forwarded-For); IPv6 clients by their /64, which one home or
+    phone gets whole, so rotating through it buys nothing."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def _rate_limit(request: Request, svc: Services) -> None:
-    client = request.client.host if request.client else "unknown"
-    wait = svc.limiter.check(client)
+    wait = svc.limiter.check(client_key(request.client.host if request.client else "unknown"))
     if wait is not None:
         header = svc.limiter.retry_after_header(wait)
         raise ApiError(
@@ -56,7 +76,9 @@ async def chat(request: Request) -> Response:
     stats = TurnStats()
     request.state.turn = stats
     if not req.stream:
-        result = await chat_json(req, svc, rid, stats)
+        result = await until_disconnect(request.receive, lambda: chat_json(req, svc, rid, stats))
+        if result is None:  # the reader left: the answer was stopped, nobody to send it to
+            return _NO_RESPONSE  # type: ignore[return-value]
         if "error" in result:
             status = 504 if result["error"]["code"] == "deadline_exceeded" else 502
             return JSONResponse({"error": result["error"], "request_id": rid}, status_code=status)
@@ -73,13 +95,17 @@ async def search(request: Request) -> Response:
     data = await read_json(request, svc.settings.max_body_bytes)
     req = SearchRequest.parse(data, svc.settings)
     _rate_limit(request, svc)
+    stats = request.state.turn = TurnStats(mode=svc.retriever.mode)
     try:
         with anyio.fail_after(svc.settings.stream_deadline_seconds):
             retrieval = await svc.retriever.retrieve(req.query, req.top_k)
     except TimeoutError:
+        stats.error = "deadline_exceeded"
         raise ApiError(504, "deadline_exceeded", "the search took too long and was stopped") from None
     except (StoreError, UpstreamError) as exc:
+        stats.error = "retrieval_failed"
         raise ApiError(502, "retrieval_failed", exc.public) from None
+    stats.retrieval_ms = (time.perf_counter() - stats.started) * 1000
     return JSONResponse(
         {
             "query": req.query,
@@ -98,7 +124,7 @@ def _is_loopback(request: Request) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return host == "testclient"
+        return False
 
 
 def _authorize_ingest(request: Request, svc: Services) -> None:

@@ -24,7 +24,9 @@ from rag.answer import (
     extractive_answer,
     retrieval_query,
 )
+from rag.chunking import count_tokens
 from rag.http import UpstreamError
+from rag.limits import Reservation
 from rag.retrieval import Retrieval
 from rag.schemas import ChatRequest
 from rag.services import Services
@@ -86,6 +88,22 @@ async def chat_events(
         return
     stats.retrieval_ms = (time.perf_counter() - stats.started) * 1000
     mode, fallback = _choose_mode(req, svc, retrieval)
+    messages: list[dict[str, str]] = []
+    reservation: Reservation | None = None
+    if mode in ("rag", "selected_text"):
+        messages = build_messages(
+            book=svc.settings.book_title,
+            question=req.question,
+            sources=retrieval.sources,
+            history=req.history,
+            history_budget=svc.settings.history_token_budget,
+            selected_text=req.selected_text,
+        )
+        # The most this answer can cost; counted only when there is a budget to keep.
+        most = prompt_tokens(messages) + MAX_ANSWER_TOKENS if svc.budget.limit > 0 else 0
+        reservation = svc.budget.reserve(most)
+        if reservation is None:
+            mode, fallback = "extractive", "daily_token_budget_exhausted"
     stats.mode = mode
     metadata["mode"] = mode
     metadata["sources"] = [s.to_json() for s in retrieval.sources]
@@ -102,11 +120,12 @@ async def chat_events(
     elif mode == "extractive":
         lines = extractive_answer(req.question, retrieval.sources, extra_text=req.selected_text)
         intro = "From the book:\n\n" if not req.selected_text else "From the selected text and the book:\n\n"
+        stats.first_token_ms = (time.perf_counter() - stats.started) * 1000
         for i, line in enumerate(lines):
             yield {"content": (intro if i == 0 else "\n\n") + line, "done": False}
-        stats.first_token_ms = (time.perf_counter() - stats.started) * 1000
     else:
-        async for event in _generate(req, svc, retrieval, deadline, stats):
+        assert reservation is not None
+        async for event in _generate(svc, messages, retrieval, reservation, deadline, stats):
             yield event
     yield {"done": True}
 
@@ -124,25 +143,21 @@ def _choose_mode(req: ChatRequest, svc: Services, retrieval: Retrieval) -> tuple
         return "no_answer", None
     if svc.llm is None:
         return "extractive", None
-    if not svc.budget.available():
-        return "extractive", "daily_token_budget_exhausted"
     return ("selected_text" if req.selected_text else "rag"), None
 
 
 async def _generate(
-    req: ChatRequest, svc: Services, retrieval: Retrieval, deadline: float, stats: TurnStats
+    svc: Services,
+    messages: list[dict[str, str]],
+    retrieval: Retrieval,
+    reservation: Reservation,
+    deadline: float,
+    stats: TurnStats,
 ) -> AsyncIterator[Event]:
     assert svc.llm is not None
-    messages = build_messages(
-        book=svc.settings.book_title,
-        question=req.question,
-        sources=retrieval.sources,
-        history=req.history,
-        history_budget=svc.settings.history_token_budget,
-        selected_text=req.selected_text,
-    )
     citations = CitationFilter({s.n for s in retrieval.sources})
     stream = svc.llm.stream(messages, max_tokens=MAX_ANSWER_TOKENS)
+    received: list[str] = []  # what the model sent, to charge for when it reports no usage
     try:
         while True:
             try:
@@ -150,6 +165,7 @@ async def _generate(
                     delta = await stream.__anext__()
             except StopAsyncIteration:
                 break
+            received.append(delta)
             text = citations.feed(delta)
             if text:
                 if stats.first_token_ms is None:
@@ -171,10 +187,20 @@ async def _generate(
         yield _error("internal_error", "the answer failed unexpectedly")
     finally:
         await stream.aclose()
+        # A stream that ended early (reader gone, deadline, cut) has no usage report:
+        # it is charged the prompt and what had arrived, never nothing.
         usage = stream.usage
-        if usage is not None:
-            stats.tokens = usage.total_tokens
-            svc.budget.spend(usage.total_tokens)
+        stats.tokens = (
+            usage.total_tokens
+            if usage is not None
+            else prompt_tokens(messages) + count_tokens("".join(received))
+        )
+        reservation.settle(stats.tokens)
+
+
+def prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """cl100k tokens of a chat prompt, with OpenAI's few tokens of framing per message."""
+    return sum(count_tokens(m["content"]) + 4 for m in messages) + 3
 
 
 def _message(exc: UpstreamError | StoreError | TimeoutError) -> str:

@@ -47,21 +47,33 @@ class RateLimiter:
 
 
 class DailyBudget:
-    """LLM tokens spent today (UTC); 0 means unlimited."""
+    """LLM tokens spent today (UTC); 0 means unlimited.
+
+    A generated answer first *reserves* what it may cost at most (its prompt plus the
+    answer cap), so concurrent questions cannot all slip in under the limit before any
+    of them is charged; it then settles with what it really cost, also when the reader
+    left early or the upstream never reported usage.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.day = dt.datetime.now(dt.UTC).date()
         self.spent = 0
+        self.reserved = 0
 
     def _roll(self) -> None:
         today = dt.datetime.now(dt.UTC).date()
         if today != self.day:
             self.day, self.spent = today, 0
 
-    def available(self) -> bool:
+    def reserve(self, tokens: int) -> Reservation | None:
+        """Hold `tokens` for one answer; None when that would pass today's limit."""
         self._roll()
-        return self.limit <= 0 or self.spent < self.limit
+        tokens = max(0, tokens)
+        if self.limit > 0 and self.spent + self.reserved + tokens > self.limit:
+            return None
+        self.reserved += tokens
+        return Reservation(self, tokens)
 
     def spend(self, tokens: int) -> None:
         self._roll()
@@ -69,4 +81,20 @@ class DailyBudget:
 
     def to_json(self) -> dict[str, int | None]:
         self._roll()
-        return {"limit": self.limit or None, "spent": self.spent}
+        return {"limit": self.limit or None, "spent": self.spent, "reserved": self.reserved}
+
+
+class Reservation:
+    """Tokens held for one answer until `settle` charges what it really cost (once)."""
+
+    def __init__(self, budget: DailyBudget, tokens: int) -> None:
+        self.budget = budget
+        self.tokens = tokens
+        self.settled = False
+
+    def settle(self, tokens: int) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self.budget.reserved -= self.tokens
+        self.budget.spend(tokens)

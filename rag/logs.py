@@ -22,6 +22,8 @@ def setup_logging(level: str) -> None:
     )
     # httpx logs full URLs at INFO; keep it quiet (URLs could carry keys on odd servers).
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # One line per request is ours (`rag.access`); uvicorn's own would be a second.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
 
 class RequestLogMiddleware:
@@ -38,24 +40,34 @@ class RequestLogMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = uuid.uuid4().hex[:16]
         status = 0
+        complete = False  # the whole response went out
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, complete
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                complete = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            status = status or 500  # the error middleware outside answers 500
+            complete = True
+            raise
         finally:
             turn = state.get("turn")
             line = {
                 "request_id": state["request_id"],
                 "method": scope["method"],
                 "route": scope["path"][:100],
-                "status": status,
+                # 499: the client closed the connection before any response (nginx's code).
+                "status": status or 499,
                 "total_ms": round((time.perf_counter() - started) * 1000, 1),
             }
+            if not complete:
+                line["disconnected"] = True
             if turn is not None:
                 line.update(
                     mode=turn.mode,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterable
-from typing import Any
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import Any, TypeVar
 
 import anyio
 from starlette.types import Receive, Scope, Send
+
+T = TypeVar("T")
 
 PING = b": ping\n\n"
 
@@ -29,6 +31,31 @@ SSE_HEADERS = {
 def frame(event: dict[str, Any]) -> bytes:
     """One SSE frame. JSON never contains a raw newline, so one `data:` line suffices."""
     return b"data: " + json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` as soon as the client goes away (the request body already read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def until_disconnect(receive: Receive, work: Callable[[], Awaitable[T]]) -> T | None:
+    """`await work()`, cancelled the moment the client disconnects (then None): a reader
+    who gave up on a non-streamed answer must not keep the upstream generating it."""
+    result: T | None = None
+
+    async def run(group: anyio.abc.TaskGroup) -> None:
+        nonlocal result
+        result = await work()
+        group.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch_disconnect, receive, group.cancel_scope)
+        group.start_soon(run, group)
+    return result
 
 
 class EventStreamResponse:
@@ -66,16 +93,9 @@ class EventStreamResponse:
                 if time.monotonic() - last_sent >= self.heartbeat:
                     await write(PING)
 
-        async def watch_disconnect(group: anyio.abc.TaskGroup) -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    group.cancel_scope.cancel()
-                    return
-
         disconnected = False
         async with anyio.create_task_group() as group:
-            group.start_soon(watch_disconnect, group)
+            group.start_soon(watch_disconnect, receive, group.cancel_scope)
             group.start_soon(heartbeats)
             try:
                 async for event in self.events:

@@ -290,15 +290,3 @@ def test_stream_deadline_ends_a_slow_answer(tmp_path: Path, openai: FakeOpenAI) 
     assert events[-2]["error"]["code"] == "deadline_exceeded" and events[-1] == {"done": True}
     assert b": ping\n\n" in r.content  # heartbeats kept the idle stream alive
     assert elapsed < 8
-
-
-def test_daily_token_budget_falls_back_to_extractive(tmp_path: Path, openai: FakeOpenAI) -> None:
-    settings = llm_settings(tmp_path, openai, DAILY_TOKEN_BUDGET="1")
-    with serve(create_app(settings)) as srv:
-        wait_ingested(srv.url)
-        first = chat(srv, question="What does a gyroscope measure?")
-        assert first[0]["metadata"]["mode"] == "rag"
-        second = chat(srv, question="What does a gyroscope measure?")
-    meta = second[0]["metadata"]
-    assert meta["mode"] == "extractive" and meta["fallback"] == "daily_token_budget_exhausted"
-    assert "[1]" in answer_text(second)

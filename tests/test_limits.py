@@ -22,11 +22,21 @@ def test_rate_limiter_bounds_memory() -> None:
     assert len(limiter._hits) == 100
 
 
-def test_budget() -> None:
+def test_budget_reserves_the_most_an_answer_can_cost_then_settles() -> None:
     budget = DailyBudget(100)
-    assert budget.available()
-    budget.spend(60)
-    assert budget.available()
-    budget.spend(60)
-    assert not budget.available()
-    assert DailyBudget(0).available()
+    first = budget.reserve(60)
+    assert first is not None
+    assert budget.reserve(60) is None  # in flight: a second one would pass the limit
+    first.settle(30)  # it cost less than it could have
+    first.settle(30)  # settling twice charges once
+    assert budget.to_json() == {"limit": 100, "spent": 30, "reserved": 0}
+    second = budget.reserve(60)
+    assert second is not None
+    second.settle(60)
+    assert budget.reserve(11) is None  # 90 spent: 11 more would pass the limit
+    assert budget.reserve(10) is not None
+    unlimited = DailyBudget(0)
+    held = unlimited.reserve(10**9)
+    assert held is not None
+    held.settle(5)
+    assert unlimited.to_json() == {"limit": None, "spent": 5, "reserved": 0}
