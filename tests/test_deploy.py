@@ -21,37 +21,89 @@ from tests.servers import free_port
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _dockerfile() -> list[tuple[str, str]]:
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined."""
     text = (REPO / "Dockerfile").read_text()
     text = re.sub(r"\\\n\s*", " ", text)  # join continuation lines
-    out = []
+    stages: list[list[tuple[str, str]]] = []
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             word, _, rest = line.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
+            if word.upper() == "FROM":
+                stages.append([])
+            stages[-1].append((word.upper(), rest.strip()))
+    return stages
+
+
+def dockerfile_env(name: str) -> str:
+    """The value the final image sets for an ENV variable."""
+    for word, rest in dockerfile_stages()[-1]:
+        if word == "ENV":
+            for m in re.finditer(r'(\w+)=("[^"]*"|\S+)', rest):
+                if m.group(1) == name:
+                    return m.group(2).strip('"')
+    raise KeyError(name)
 
 
 def test_dockerfile_meets_spaces_requirements() -> None:
-    lines = _dockerfile()
-    words = [w for w, _ in lines]
-    args = {w: [r for ww, r in lines if ww == w] for w in words}
+    *builds, final = dockerfile_stages()
+    words = [w for w, _ in final]
+    args = {w: [r for ww, r in final if ww == w] for w in words}
     assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", args["FROM"][0])
     assert any("--uid 1000 user" in r or "-u 1000 user" in r for r in args["RUN"])
-    # USER user comes before the app is copied and installed, so everything is owned by it.
+    # The app folder and DATA_DIR belong to uid 1000 whatever the builder.
+    assert any("chown -R user:user /home/user/app" in r for r in args["RUN"])
+    # USER user comes before the app is copied, so everything copied is owned by it.
     assert args["USER"] == ["user"]
-    assert words.index("USER") < words.index("COPY")
-    assert all("--chown=user" in r for r in args["COPY"])
+    app_copies = [r for r in args["COPY"] if not r.startswith("--from=")]
+    assert app_copies and all("--chown=user" in r for r in app_copies)
+    assert words.index("USER") < max(i for i, (w, r) in enumerate(final) if w == "COPY" and r in app_copies)
     env = " ".join(args["ENV"])
-    assert "HOME=/home/user" in env and 'FORWARDED_ALLOW_IPS="*"' in env
+    assert "HOME=/home/user" in env
+    assert dockerfile_env("DATA_DIR") == "/home/user/app/data"
     assert args["WORKDIR"] == ["$HOME/app"]
     assert args["EXPOSE"] == ["7860"]
     assert json.loads(args["CMD"][-1]) == [
         "uvicorn", "main:app", "--host", "0.0.0.0", "--port", "7860",
     ]
     assert "HEALTHCHECK" in words
-    assert all("--no-cache-dir" in r for r in args["RUN"] if "pip install" in r)
+    # Small image: build tools only in the build stage, no pip or apt caches anywhere.
+    assert builds and all(w != "RUN" or "apt-get install" not in r for w, r in final)
+    for w, r in [x for stage in dockerfile_stages() for x in stage]:
+        if w == "RUN" and "pip install" in r:
+            assert "--no-cache-dir" in r and "--only-binary=:all:" in r
+        if w == "RUN" and "apt-get install" in r:
+            assert "--no-install-recommends" in r and "rm -rf /var/lib/apt/lists/*" in r
+    assert any("slim_packages.sh" in r for w, r in builds[-1] if w == "RUN")
+    assert any(r.startswith("--from=") for r in args["COPY"])
+
+
+def test_proxy_trust_is_the_private_network_not_everyone() -> None:
+    """'*' would let uvicorn take the left-most X-Forwarded-For entry, which the client
+    writes itself: every request could pick a new rate-limit key."""
+    trusted = dockerfile_env("FORWARDED_ALLOW_IPS").split(",")
+    assert "*" not in trusted
+    for network in ("127.0.0.1", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"):
+        assert network in trusted
+
+
+@pytest.mark.skipif(shutil.which("strip") is None, reason="needs binutils' strip")
+def test_slim_packages_strips_libraries_that_still_load(tmp_path: Path) -> None:
+    import regex
+
+    package = Path(regex.__file__).parent
+    shutil.copytree(package, tmp_path / "regex")
+    [lib] = (tmp_path / "regex").glob("_regex*.so")
+    before = lib.stat().st_size
+    subprocess.run(["sh", str(REPO / "scripts" / "slim_packages.sh"), str(tmp_path)], check=True)
+    assert lib.stat().st_size < before
+    out = subprocess.run(
+        [sys.executable, "-c", "import regex; print(regex.__file__, regex.findall(r'\\p{L}+', 'héllo wörld'))"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+        check=True,
+    ).stdout
+    assert str(tmp_path) in out and "['héllo', 'wörld']" in out
 
 
 def test_readme_has_spaces_front_matter() -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from main import create_app
 from rag.config import Settings
 from tests.servers import ServerThread, serve, wait_ingested
+from tests.test_deploy import dockerfile_env
 
 REPO = Path(__file__).resolve().parent.parent
 ALLOWED = "http://localhost:3000"
@@ -156,11 +157,35 @@ def test_rate_limit_gives_429_with_retry_after(tmp_path: Path) -> None:
         assert limited.status_code == 429
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["error"]["code"] == "rate_limited"
-        # Another client (as the proxy reports it) is not affected.
-        other = httpx.post(
-            f"{srv.url}/search", json={"query": "imu"}, headers={"x-forwarded-for": "203.0.113.9"}
-        )
-        assert other.status_code in (200, 429)  # 429 only if the proxy header is not trusted
+        # Before any stream starts: a JSON error, not an event stream.
+        assert limited.headers["content-type"].startswith("application/json")
+
+
+def test_rate_limit_keys_on_the_client_the_proxy_saw(tmp_path: Path) -> None:
+    """uvicorn trusts X-Forwarded-For from the Space's proxy exactly as the Dockerfile
+    says; the client address is the right-most hop the proxy appended, so entries the
+    client wrote itself (left of it) cannot buy a fresh limit."""
+    s = Settings.from_environ(
+        {"DATA_DIR": str(tmp_path), "BOOK_CONTENT_DIR": str(REPO / "book_content"),
+         "RATE_LIMIT_PER_MINUTE": "2", "AUTO_INGEST": "false"},
+        env_file=None,
+    )
+    trusted = dockerfile_env("FORWARDED_ALLOW_IPS")
+    with serve(create_app(s), proxy_headers=True, forwarded_allow_ips=trusted) as srv:
+
+        def search(forwarded: str) -> int:
+            r = httpx.post(
+                f"{srv.url}/search", json={"query": "imu"}, headers={"x-forwarded-for": forwarded}
+            )
+            return r.status_code
+
+        # One reader behind the proxy, forging a new left-most entry every time.
+        codes = [search(f"198.51.100.{i}, 10.1.2.3, 203.0.113.7") for i in range(5)]
+        assert codes == [200, 200, 429, 429, 429]
+        assert search("203.0.113.8") == 200  # another reader has a limit of their own
+        # IPv6: one /64 is one client.
+        assert [search(f"2001:db8:1:2::{i}") for i in range(1, 4)] == [200, 200, 429]
+        assert search("2001:db8:1:3::1") == 200
 
 
 def test_secrets_never_in_logs_or_responses(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
