@@ -10,13 +10,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from rag import api
 from rag.config import ConfigError, Settings
-from rag.errors import ApiError, api_error_handler, http_error_handler, internal_error_handler
+from rag.errors import CORS, ApiError, api_error_handler, http_error_handler, internal_error_handler
 from rag.logs import RequestLogMiddleware, setup_logging
 from rag.services import open_services
 
@@ -40,7 +39,7 @@ def create_app(settings: Settings) -> Starlette:
     middleware = [
         Middleware(RequestLogMiddleware),
         Middleware(
-            CORSMiddleware,
+            CORS,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Authorization"],

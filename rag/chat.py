@@ -63,7 +63,9 @@ async def chat_events(
     metadata: Event = {
         "request_id": request_id,
         "session_id": req.session_id,
-        "mode": "extractive",
+        # Until retrieval decides (no_answer, or a budget fallback): what was asked for.
+        # A failed retrieval keeps it, and the error event says what went wrong.
+        "mode": _intended_mode(req, svc),
         "model": None,
         "retrieval": svc.retriever.mode,
         "sources": [],
@@ -71,17 +73,15 @@ async def chat_events(
     try:
         retrieval = await _retrieve(req, svc, deadline)
     except (UpstreamError, StoreError, TimeoutError) as exc:
-        stats.error = stats.mode = "retrieval_failed"
+        stats.mode, stats.error = metadata["mode"], "retrieval_failed"
         logger.warning("retrieval failed: %s", exc)
-        metadata["mode"] = "error"
         yield {"metadata": metadata, "done": False}
         yield _error("retrieval_failed", _message(exc))
         yield {"done": True}
         return
     except Exception:  # a bug, not an outage: the reader still gets error + done
         logger.exception("retrieval crashed")
-        stats.error = stats.mode = "internal_error"
-        metadata["mode"] = "error"
+        stats.mode, stats.error = metadata["mode"], "internal_error"
         yield {"metadata": metadata, "done": False}
         yield _error("internal_error", "the search failed unexpectedly")
         yield {"done": True}
@@ -136,6 +136,12 @@ async def _retrieve(req: ChatRequest, svc: Services, deadline: float) -> Retriev
         query = f"{req.selected_text}\n{req.question}"
     with anyio.fail_after(max(0.0, deadline - time.perf_counter())):
         return await svc.retriever.retrieve(query, req.top_k)
+
+
+def _intended_mode(req: ChatRequest, svc: Services) -> str:
+    if svc.llm is None:
+        return "extractive"
+    return "selected_text" if req.selected_text else "rag"
 
 
 def _choose_mode(req: ChatRequest, svc: Services, retrieval: Retrieval) -> tuple[str, str | None]:

@@ -68,6 +68,11 @@ def _text(data: dict[str, Any], name: str, *, limit: int, required: bool) -> str
     return value
 
 
+def _alias(data: dict[str, Any], names: tuple[str, ...]) -> str:
+    """The first of `names` the body gives a value (a null alias is as good as absent)."""
+    return next((n for n in names if data.get(n) is not None), names[0])
+
+
 def _top_k(data: dict[str, Any], default: int) -> int:
     value = data.get("top_k")
     if value is None:
@@ -88,7 +93,7 @@ class ChatRequest:
 
     @classmethod
     def parse(cls, data: dict[str, Any], settings: Settings) -> ChatRequest:
-        name = next((n for n in ("question", "message", "query") if n in data), "question")
+        name = _alias(data, ("question", "message", "query"))
         question = _text(data, name, limit=settings.max_question_chars, required=True)
         assert question is not None
         history = _history(data.get("history"), settings)
@@ -143,7 +148,7 @@ class SearchRequest:
 
     @classmethod
     def parse(cls, data: dict[str, Any], settings: Settings) -> SearchRequest:
-        name = next((n for n in ("query", "question") if n in data), "query")
+        name = _alias(data, ("query", "question"))
         query = _text(data, name, limit=settings.max_question_chars, required=True)
         assert query is not None
         return cls(query=query, top_k=_top_k(data, settings.top_k))
@@ -155,6 +160,10 @@ class IngestRequest:
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> IngestRequest:
+        # What is ingested is the server's BOOK_CONTENT_DIR, never a path a caller names.
+        for name in data:
+            if name != "full":
+                raise _invalid(str(name)[:40], "unknown field (only 'full' is accepted)")
         full = data.get("full", False)
         if not isinstance(full, bool):
             raise _invalid("full", "must be true or false")

@@ -137,6 +137,13 @@ def test_search_returns_sources_with_text(server: ServerThread) -> None:
         ("/chat", b'{"question": "q", "selected_text": 3}', 422, "invalid_field", "selected_text"),
         ("/search", b'{"top_k": 3}', 422, "invalid_field", "query: field required"),
         ("/chat", b'{"question": "' + b"a" * 5000 + b'"}', 413, "payload_too_large", "4096"),
+        # Caps (defaults) below the body limit: the field is named.
+        ("/chat", b'{"question": "' + b"a" * 2001 + b'"}', 422, "invalid_field",
+         "question: must be at most 2000 characters"),
+        ("/search", b'{"query": "' + b"a" * 2001 + b'"}', 422, "invalid_field",
+         "query: must be at most 2000 characters"),
+        ("/chat", b'{"question": "q", "history": [' + b",".join([b'{"role": "user", "content": "x"}'] * 21)
+         + b"]}", 422, "invalid_field", "history: must have at most 20 messages"),
     ],
 )
 def test_bad_input_gets_a_clear_json_error(
@@ -146,6 +153,43 @@ def test_bad_input_gets_a_clear_json_error(
     assert r.status_code == status
     error = r.json()["error"]
     assert error["code"] == code and needle in error["message"]
+
+
+def test_length_caps_follow_the_configuration(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, REPO / "book_content", AUTO_INGEST="false", MAX_QUESTION_CHARS="40",
+        MAX_HISTORY_MESSAGES="2", MAX_HISTORY_CHARS="50", MAX_SELECTED_TEXT_CHARS="60",
+    )
+    turn = {"role": "user", "content": "x" * 30}
+    cases = [
+        ({"question": "q" * 41}, "question: must be at most 40 characters"),
+        ({"message": "q" * 41}, "message: must be at most 40 characters"),
+        ({"question": "q", "history": [turn] * 3}, "history: must have at most 2 messages"),
+        ({"question": "q", "history": [turn] * 2}, "history: must total at most 50 characters"),
+        ({"question": "q", "selected_text": "s" * 61}, "selected_text: must be at most 60 characters"),
+    ]
+    with serve(create_app(settings)) as srv:
+        for body, message in cases:
+            r = httpx.post(f"{srv.url}/chat", json=body)
+            assert r.status_code == 422 and r.json()["error"] == {"code": "invalid_field", "message": message}
+        ok = httpx.post(f"{srv.url}/chat", json={"question": "q" * 40, "history": [turn],
+                                                 "selected_text": "s" * 60, "stream": False})
+        assert ok.status_code == 200
+
+
+def test_a_null_alias_gives_way_to_the_one_with_a_value(server: ServerThread) -> None:
+    r = httpx.post(f"{server.url}/chat", json={"question": None, "message": "What is an IMU?", "stream": False})
+    assert r.status_code == 200 and r.json()["sources"]
+
+
+def test_ingest_refuses_fields_it_does_not_know(tmp_path: Path) -> None:
+    """Nobody can point ingestion elsewhere: a `source` (or any other field) is refused."""
+    settings = make_settings(tmp_path, REPO / "book_content", AUTO_INGEST="false")
+    with serve(create_app(settings)) as srv:
+        r = httpx.post(f"{srv.url}/ingest", json={"full": False, "source": "../.."})
+        assert r.status_code == 422
+        assert r.json()["error"]["message"].startswith("source: unknown field")
+        assert httpx.get(f"{srv.url}/health").json()["ingest"]["running"] is None
 
 
 def test_chunked_oversize_body_is_refused_without_content_length(server: ServerThread) -> None:
@@ -228,7 +272,7 @@ def test_an_unexpected_failure_still_ends_with_error_and_done(
     monkeypatch.setattr(Retriever, "retrieve", broken)
     r = httpx.post(f"{server.url}/chat", json={"question": "What is an IMU?"}, timeout=30)
     events = sse_events(r.content)
-    assert events[0]["metadata"]["mode"] == "error"
+    assert events[0]["metadata"]["mode"] == "extractive"  # what was asked for
     assert events[-2]["error"] == {"code": "internal_error", "message": "the search failed unexpectedly"}
     assert events[-1] == {"done": True}
     assert "retrieval crashed" in caplog.text

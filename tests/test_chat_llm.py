@@ -258,7 +258,7 @@ def test_insufficient_quota_is_not_retried(server: ServerThread, openai: FakeOpe
 def test_embedding_failure_gives_an_error_event(server: ServerThread, openai: FakeOpenAI) -> None:
     openai.fail("embeddings", Fault(status=401))
     events = chat(server, question="What does a gyroscope measure?")
-    assert events[0]["metadata"]["mode"] == "error"
+    assert events[0]["metadata"]["mode"] == "rag"  # what was asked for
     assert events[1]["error"]["code"] == "retrieval_failed" and events[-1] == {"done": True}
 
 

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from main import create_app
 from rag.config import Settings
+from tests.fake_openai import FakeOpenAI
 from tests.servers import ServerThread, serve, wait_ingested
+from tests.test_api import sse_events
 from tests.test_deploy import dockerfile_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,6 +116,74 @@ def test_fuzz_authorised_ingest_bodies(server: ServerThread, body: bytes) -> Non
         assert r.json()["job_id"]
 
 
+@pytest.fixture(scope="module")
+def llm_server(
+    tmp_path_factory: pytest.TempPathFactory, openai_server: FakeOpenAI
+) -> Iterator[ServerThread]:
+    """The same surface with the OpenAI path on (the stand-in answers every chat)."""
+    tmp = tmp_path_factory.mktemp("hardening-llm")
+    s = Settings.from_environ(
+        {
+            "DATA_DIR": str(tmp / "data"),
+            "BOOK_CONTENT_DIR": str(REPO / "book_content"),
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "MAX_BODY_BYTES": "8192",
+            "OPENAI_API_KEY": openai_server.api_key or "",
+            "OPENAI_BASE_URL": openai_server.url,
+            "DENSE_RELEVANCE_FLOOR": "0.1",
+        },
+        env_file=None,
+    )
+    with serve(create_app(s)) as srv:
+        wait_ingested(srv.url)
+        yield srv
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=chat_bodies, stream=st.booleans())
+def test_fuzz_chat_bodies_on_the_openai_path(llm_server: ServerThread, body: dict, stream: bool) -> None:
+    body["stream"] = stream
+    r = httpx.post(f"{llm_server.url}/chat", json=body, timeout=30)
+    _check(r)
+    if r.status_code == 200 and stream:
+        events = sse_events(r.content)  # every byte a well-formed frame
+        assert "metadata" in events[0] and events[-1] == {"done": True}
+
+
+# Headers a client (or something between it and the Space) may send, any value.
+fuzzed_headers = st.dictionaries(
+    st.sampled_from([
+        "origin", "x-forwarded-for", "forwarded", "x-forwarded-proto", "accept",
+        "accept-encoding", "user-agent", "cookie", "x-request-id", "authorization",
+        "access-control-request-method", "access-control-request-headers", "content-type",
+    ]),
+    header_values,
+    max_size=6,
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    method=st.sampled_from(["POST", "OPTIONS", "GET"]),
+    path=st.sampled_from(["/chat", "/search", "/ingest", "/health", "/ingest/x"]),
+    headers=fuzzed_headers,
+    body=st.sampled_from([b'{"question": "What is an IMU?", "stream": false}',
+                          b'{"query": "gyro"}', b'{"full": false}', b""]),
+)
+def test_fuzz_headers_on_every_route(
+    server: ServerThread, method: str, path: str, headers: dict[str, str], body: bytes
+) -> None:
+    r = httpx.request(method, f"{server.url}{path}", content=body or None, headers=headers, timeout=30)
+    assert r.status_code < 500, r.text
+    if r.status_code >= 400:  # every refusal a JSON error, CORS preflights included
+        error = r.json()["error"]
+        assert isinstance(error["code"], str) and isinstance(error["message"], str)
+    if headers.get("origin") != ALLOWED:
+        assert "access-control-allow-origin" not in r.headers
+    if path.startswith("/ingest") and method != "OPTIONS":
+        assert r.status_code in (401, 403, 404, 405), r.text  # no token, no ingestion
+
+
 def test_cors_allows_listed_origins_only(server: ServerThread) -> None:
     preflight = httpx.options(
         f"{server.url}/chat",
@@ -128,6 +198,7 @@ def test_cors_allows_listed_origins_only(server: ServerThread) -> None:
     )
     assert denied.status_code == 400
     assert "access-control-allow-origin" not in denied.headers
+    assert denied.json()["error"] == {"code": "cors_refused", "message": "Disallowed CORS origin"}
     simple = httpx.post(
         f"{server.url}/search", json={"query": "gyro"}, headers={"origin": "https://evil.example"}
     )
