@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,6 +11,7 @@ from rag.answer import (
     CitationFilter,
     build_messages,
     extractive_answer,
+    filter_citations,
     retrieval_query,
     trim_history,
 )
@@ -26,6 +29,18 @@ def _stream(filter_: CitationFilter, pieces: list[str]) -> str:
     return "".join(filter_.feed(p) for p in pieces) + filter_.flush()
 
 
+def _cut(text: str, cuts: set[int]) -> list[str]:
+    bounds = [0, *sorted(cuts), len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _every_cut(text: str, valid: set[int]) -> set[str]:
+    """The streamed output for the whole text, one character at a time, and every split in two."""
+    outs = {_stream(CitationFilter(valid), [text]), _stream(CitationFilter(valid), list(text))}
+    outs |= {_stream(CitationFilter(valid), [text[:i], text[i:]]) for i in range(len(text) + 1)}
+    return outs
+
+
 def test_citations_to_missing_sources_never_reach_the_reader() -> None:
     f = CitationFilter({1, 2})
     out = _stream(f, ["Gyros drift [", "1]. Magnetometers [7] help", " [2, 9][3]."])
@@ -39,12 +54,152 @@ def test_non_citation_brackets_and_code_pass_untouched() -> None:
     assert _stream(f, list(text)) == text
 
 
-@given(st.text(alphabet="ab[]1237, `\n", max_size=60), st.integers(1, 6))
-@settings(max_examples=200, deadline=None)
-def test_filter_output_does_not_depend_on_how_the_stream_is_cut(text: str, step: int) -> None:
-    whole = _stream(CitationFilter({1, 2}), [text])
-    pieces = [text[i : i + step] for i in range(0, len(text), step)]
-    assert _stream(CitationFilter({1, 2}), pieces) == whole
+def test_a_second_bracket_starts_a_new_citation() -> None:
+    # Removing a citation must not leave one behind either: "[7" + "[9]" + "]" is not "[7]".
+    cases = {
+        "see [[7]]": "see []",
+        "see [1[7]": "see [1",
+        "see [1[7]]": "see [1]",
+        "see [7[9]] too": "see  too",
+        "see [7 [1]] too": "see [7 [1]] too",
+    }
+    for text, expected in cases.items():
+        assert _every_cut(text, {1, 2}) == {expected}, text
+
+
+def test_inline_code_and_tilde_fences_are_left_untouched() -> None:
+    code = "Use `arr[7]`, ``a`b[7]`` or ```x[7]``` [7].\n~~~py\ny = arr[7]\n~~~\nAfter [7][1]\n"
+    assert _every_cut(code, {1}) == {code.replace(" [7].", " .").replace("[7][1]", "[1]")}
+    # A backtick run with no run of the same length later on its line opens no code.
+    assert _every_cut("a `b [7] c\nd`` [7] ``e", {1}) == {"a `b  c\nd`` [7] ``e"}
+
+
+def test_citation_lists_and_ranges_keep_only_the_numbers_that_exist() -> None:
+    cases = {
+        "[1, 7]": "[1]",
+        "[1][7]": "[1]",
+        "[7-9]": "",
+        "[7, 8 - 9]": "",
+        "[1,2]": "[1,2]",  # all exist: left as written
+        "[1-2]": "[1-2]",
+        "[2\u20131]": "[2\u20131]",
+        "[1-9]": "[1][2]",
+        "[2, 7-9, 1, 2]": "[2][1]",
+        "[ 7 ]": "",
+        "[text](https://b/x) [a] [ ] [] [x, 7]": "[text](https://b/x) [a] [ ] [] [x, 7]",
+    }
+    for text, expected in cases.items():
+        assert _every_cut(f"see {text}.", {1, 2}) == {f"see {expected}."}, text
+        assert filter_citations(f"see {text}.", {1, 2}) == f"see {expected}."
+
+
+def test_text_is_released_as_soon_as_it_cannot_change() -> None:
+    f = CitationFilter({1})
+    assert f.feed("Gyros drift ") == "Gyros drift "
+    assert f.feed("[") == "" and f.feed("1") == ""
+    assert f.feed("] and `arr") == "[1] and `arr"
+    assert f.feed("[7]") == ""  # code if a "`" closes the span on this line, prose if not
+    assert f.feed("` ok [2, ") == "[7]` ok "
+    assert f.feed("x") == "[2, x"
+    assert f.feed("\n```\nz[7]") == "\n```\nz[7]"
+    assert f.flush() == ""
+
+
+# --- the invariant, for answers cut into deltas anywhere -------------------------------------
+
+VALID = {1, 2, 3}
+_DIGITS = st.integers(0, 9)
+_CODE = st.text(alphabet="ab[]79,- ", min_size=1, max_size=8)
+
+
+@st.composite
+def _citation(draw: st.DrawFn) -> tuple[str, str]:
+    """A citation group and what the reader must see of it."""
+    items = draw(st.lists(st.one_of(_DIGITS, st.tuples(_DIGITS, _DIGITS)), min_size=1, max_size=3))
+    sep = draw(st.sampled_from([",", ", ", " "]))
+    dash = draw(st.sampled_from(["-", "\u2013", " - "]))
+    parts = [f"{i[0]}{dash}{i[1]}" if isinstance(i, tuple) else str(i) for i in items]
+    text = "[" + sep.join(parts) + "]"
+    spans = [sorted(i) if isinstance(i, tuple) else (i, i) for i in items]
+    numbers = [n for lo, hi in spans for n in range(lo, hi + 1)]
+    if all(n in VALID for n in numbers):
+        return text, text
+    return text, "".join(f"[{n}]" for n in dict.fromkeys(n for n in numbers if n in VALID))
+
+
+def _verbatim(strategy: st.SearchStrategy[str]) -> st.SearchStrategy[tuple[str, str]]:
+    return strategy.map(lambda s: (s, s))
+
+
+_FENCES = [("```", "```"), ("~~~", "~~~"), ("````python", "````"), ("```js", "```")]
+_FENCE_BODY = st.lists(st.text("ab[]79 ,-", max_size=8), max_size=3)
+_FENCED = st.tuples(st.sampled_from(_FENCES), _FENCE_BODY)
+_SEGMENT = st.one_of(
+    _citation(),
+    _verbatim(st.text(alphabet="abc.:;!?19", min_size=1, max_size=6)),  # prose
+    _verbatim(_CODE.map(lambda c: f"`{c}`")),
+    _verbatim(st.lists(_CODE, min_size=1, max_size=3).map(lambda p: "``" + "`".join(p) + "``")),
+    _verbatim(
+        _FENCED.map(lambda t: f"\n{t[0][0]}\n" + "".join(f"{x}\n" for x in t[1]) + f"{t[0][1]}\n")
+    ),
+    _verbatim(st.text("abc", min_size=1, max_size=5).map(lambda w: f"[{w}](https://b/{w})")),
+    _verbatim(st.sampled_from(["[a]", "[ ]", "[]", "[x, 7]", "[see 7]", "a[b]"])),
+)
+
+
+@given(st.lists(_SEGMENT, max_size=12), st.data())
+@settings(max_examples=300, deadline=None)
+def test_streamed_answers_lose_only_citations_to_missing_sources(
+    segments: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    text, expected = " ".join(s for s, _ in segments), " ".join(e for _, e in segments)
+    cuts = data.draw(st.sets(st.integers(0, len(text))))
+    assert filter_citations(text, VALID) == expected
+    assert _stream(CitationFilter(VALID), _cut(text, cuts)) == expected
+
+
+_GROUP = re.compile(r"\[[0-9 ,\-\u2013]*\d[0-9 ,\-\u2013]*\]")
+
+
+def _numbers(group: str) -> set[int]:
+    pairs = re.findall(r"(\d+)(?: *[-\u2013] *(\d+))?", group)
+    ranges = [sorted((int(a), int(b or a))) for a, b in pairs]
+    return {n for lo, hi in ranges for n in range(lo, min(hi, lo + 100) + 1)}
+
+
+def _without_citations(text: str) -> str:
+    while (stripped := _GROUP.sub("", text)) != text:
+        text = stripped
+    return text
+
+
+def _jumbles(tokens: list[str]) -> st.SearchStrategy[str]:
+    """Random text made of `tokens`: brackets, numbers and separators meet far more often."""
+    return st.lists(st.sampled_from(tokens), max_size=30).map("".join)
+
+
+_PROSE_TOKENS = [*"[]1279, -\u2013a(\n", "[7]", "[1]"]
+
+
+@given(_jumbles(_PROSE_TOKENS), st.data())
+@settings(max_examples=400, deadline=None)
+def test_no_missing_source_is_ever_cited_and_other_text_is_kept(
+    text: str, data: st.DataObject
+) -> None:
+    cuts = data.draw(st.sets(st.integers(0, len(text))))
+    out = _stream(CitationFilter({1, 2}), _cut(text, cuts))
+    assert out == filter_citations(text, {1, 2})
+    assert all(_numbers(g) <= {1, 2} for g in _GROUP.findall(out)), out
+    assert _without_citations(out) == _without_citations(text)
+
+
+@given(_jumbles([*_PROSE_TOKENS, "`", "``", "```", "~~~", "\n```", "\n~~~", " \n"]), st.data())
+@settings(max_examples=400, deadline=None)
+def test_filter_output_does_not_depend_on_how_the_stream_is_cut(
+    text: str, data: st.DataObject
+) -> None:
+    cuts = data.draw(st.sets(st.integers(0, len(text))))
+    assert _stream(CitationFilter({1, 2}), _cut(text, cuts)) == filter_citations(text, {1, 2})
 
 
 def test_trim_history_keeps_the_newest_turns_within_budget() -> None:
