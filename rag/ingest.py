@@ -2,13 +2,21 @@
 
 A chunk's id is UUIDv5 of (doc path, content hash), so the set of ids *is* the
 state of the book: ids the store lacks are embedded and written, ids the book
-lost are deleted, everything else is left alone. New points are written
-before stale ones are deleted, so readers never see a section missing, and a
-run that dies half-way is finished by the next run.
+lost are deleted, everything else keeps its vectors. What is stored beside the
+text (URL, section label, position) can change without the text: each payload
+carries a fingerprint of itself, and a point whose fingerprint differs gets its
+payload rewritten, nothing else (a new front-matter `slug` re-embeds nothing).
+New points are written before stale ones are deleted, so readers never see a
+section missing, and a run that dies half-way is finished by the next run.
+
+A folder with no Markdown at all is an error, not an empty book: pointing CI at
+the wrong directory must fail, not delete the index.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -25,7 +33,7 @@ from rag import sparse
 from rag.chunking import Chunk, chunk_document
 from rag.config import Settings
 from rag.markdown import parse_document
-from rag.vector_store.base import PointRecord, VectorStore
+from rag.vector_store.base import PAYLOAD_HASH, PointRecord, StoredPoint, VectorStore
 
 if TYPE_CHECKING:
     from rag.embeddings import EmbeddingResult
@@ -69,6 +77,7 @@ class IngestReport:
     files: int = 0
     chunks: int = 0
     embedded: int = 0
+    updated: int = 0  # same text, new URL / section / position: payload rewritten, no embedding
     unchanged: int = 0
     deleted: int = 0
     tokens: int = 0
@@ -82,6 +91,11 @@ class IngestReport:
         return asdict(self)
 
 
+def _skipped(name: str) -> bool:
+    """Hidden entries, and Docusaurus partials: it routes no `_*` file or folder (`**/_*`)."""
+    return name.startswith((".", "_"))
+
+
 def find_files(root: Path) -> list[Path]:
     """Markdown files under `root`, sorted; links that lead out of `root` are refused."""
     if not root.is_dir():
@@ -89,11 +103,9 @@ def find_files(root: Path) -> list[Path]:
     base = root.resolve()
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and d != "node_modules"
-        )
+        dirnames[:] = sorted(d for d in dirnames if not _skipped(d) and d != "node_modules")
         for name in sorted(filenames):
-            if not name.endswith(EXTENSIONS) or name.startswith("."):
+            if not name.endswith(EXTENSIONS) or _skipped(name):
                 continue
             path = Path(dirpath) / name
             if not path.resolve().is_relative_to(base):
@@ -106,9 +118,12 @@ def find_files(root: Path) -> list[Path]:
 
 def load_book(root: Path, settings: Settings) -> BookChunks:
     """Read, parse and chunk every file (blocking: call it off the event loop)."""
+    files = find_files(root)
+    if not files:
+        raise IngestError(f"no .md or .mdx files in {root}: is it the book's docs folder?")
     base = root.resolve()
     book = BookChunks()
-    for path in find_files(root):
+    for path in files:
         doc_path = path.resolve().relative_to(base).as_posix()
         book.files.append(doc_path)
         try:
@@ -134,21 +149,80 @@ def desired_meta(embedder: Embedder | None) -> dict[str, Any]:
     }
 
 
+FULL_REINGEST = 'run a full re-ingest (scripts/ingest.py --full, or POST /ingest {"full": true})'
+
+
 def meta_mismatch(stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:
-    """Why the stored vectors cannot be mixed with new ones, or None."""
-    if not stored:
-        return None
-    for key in ("embedding_model", "dimensions", "sparse"):
-        if stored.get(key) != wanted.get(key):
-            return (
-                f"the index was built with {key}={stored.get(key)!r} but the configuration "
-                f"says {wanted.get(key)!r}: run a full re-ingest"
-            )
+    """Why the stored vectors cannot serve (or be mixed with) the configured ones, or None.
+
+    Only what was recorded is compared: a key the store does not hold (an index from an
+    older version, or a Qdrant without collection metadata) is unknown, not a mismatch.
+    """
+    embedding = ("embedding_model", "dimensions")
+    if any(key in stored and stored[key] != wanted.get(key) for key in embedding):
+        return (
+            f"the index was built {_made_with(stored)} but the service is configured "
+            f"{_made_with(wanted)}: {FULL_REINGEST}"
+        )
+    if "sparse" in stored and stored["sparse"] != wanted.get("sparse"):
+        return (
+            f"the index holds {stored['sparse']} sparse vectors but this version makes "
+            f"{wanted.get('sparse')}: {FULL_REINGEST}"
+        )
     return None
 
 
+def _made_with(meta: dict[str, Any]) -> str:
+    model = meta.get("embedding_model")
+    if model is None:
+        return "without embeddings (sparse only)"
+    dims = meta.get("dimensions")
+    return f"with {model} ({dims} dimensions)" if dims else f"with {model}"
+
+
 def to_payload(chunk: Chunk) -> dict[str, Any]:
-    return chunk.to_json()
+    """The stored payload, with the fingerprint that tells a re-ingest it changed."""
+    payload = chunk.to_json()
+    payload[PAYLOAD_HASH] = payload_fingerprint(payload)
+    return payload
+
+
+def payload_fingerprint(payload: dict[str, Any]) -> str:
+    """A hash of every stored field but the fingerprint itself (order-independent)."""
+    fields = {k: v for k, v in payload.items() if k != PAYLOAD_HASH}
+    text = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class Plan:
+    """What an incremental run must do to make the store hold exactly the book."""
+
+    write: list[Chunk]  # new text: embed and write
+    update: dict[str, dict[str, Any]]  # known text, changed payload: rewrite the payload only
+    delete: list[str]  # ids the book no longer has
+    unchanged: int
+
+
+def plan_changes(book: BookChunks, existing: dict[str, StoredPoint]) -> Plan:
+    """Compare the book with the store (CPU work over every chunk: run it off the loop)."""
+    chunks = _unique(book.chunks)
+    write: list[Chunk] = []
+    update: dict[str, dict[str, Any]] = {}
+    for chunk in chunks:
+        stored = existing.get(chunk.id)
+        if stored is None:
+            write.append(chunk)
+            continue
+        payload = to_payload(chunk)
+        if stored.payload_hash != payload[PAYLOAD_HASH]:
+            update[chunk.id] = payload
+    keep = {c.id for c in chunks}
+    delete = [  # a file that failed to parse keeps its chunks
+        pid for pid, stored in existing.items()
+        if pid not in keep and stored.doc_path not in book.failed_docs
+    ]  # fmt: skip
+    return Plan(write, update, delete, len(chunks) - len(write) - len(update))
 
 
 class Ingestor:
@@ -193,6 +267,8 @@ class Ingestor:
             report.files, report.chunks = len(book.files), len(book.chunks)
             report.chunk_tokens = sum(c.token_count for c in book.chunks)
             report.errors += book.errors
+            if not book.chunks and not book.errors:
+                raise IngestError(f"{len(book.files)} files found but no text to index in them")
             if dry_run:
                 report.status = "failed" if report.errors else "succeeded"
                 return report
@@ -220,15 +296,15 @@ class Ingestor:
         existing = await store.existing()
         if not existing:
             await store.set_meta(wanted)
-        new = _unique(book.chunks)
-        to_write = [c for c in new if c.id not in existing]
-        report.unchanged = len(new) - len(to_write)
-        await self._write(store, to_write, report, progress)
-        keep = {c.id for c in new}
-        stale = [
-            pid for pid, doc in existing.items()
-            if pid not in keep and doc not in book.failed_docs  # a broken file keeps its chunks
-        ]
+        plan = await anyio.to_thread.run_sync(plan_changes, book, existing)
+        report.unchanged = plan.unchanged
+        await self._write(store, plan.write, report, progress)
+        progress("updating", 0, len(plan.update))
+        if plan.update:
+            await store.update_payloads(plan.update)
+        report.updated = len(plan.update)
+        progress("updating", report.updated, report.updated)
+        stale = plan.delete
         progress("deleting", 0, len(stale))
         if stale:
             await store.delete(stale)
@@ -349,5 +425,6 @@ class IngestJobs:
             self._running = None
             logger.info(
                 "ingest job %s %s: %s", job.id, job.report.status,
-                {k: getattr(job.report, k) for k in ("files", "chunks", "embedded", "unchanged", "deleted")},
+                {k: getattr(job.report, k)
+                 for k in ("files", "chunks", "embedded", "updated", "unchanged", "deleted")},
             )

@@ -8,6 +8,9 @@ What local mode does not model is reproduced from Qdrant's source: the
 `{"result", "status", "time"}` envelope, error statuses and texts, the plain-text
 401 of the api-key check, alias resolution on every endpoint, payload indexes.
 
+Payload rewrites go through `POST /points/batch` (`overwrite_payload` operations), as
+the store sends them.
+
 Test hooks: `fail()` queues faults (an error answer, a delay, a hang, a dropped
 or reset connection) for requests matching a pattern; `requests` records what was sent;
 `down()` / `up()` stop and restart listening on the same port.
@@ -323,6 +326,7 @@ class FakeQdrant:
             Route(c + "/index", self.create_index, methods=["PUT"]),
             Route(c + "/points", self.upsert_points, methods=["PUT"]),
             Route(c + "/points/delete", self.delete_points, methods=["POST"]),
+            Route(c + "/points/batch", self.batch_update, methods=["POST"]),
             Route(c + "/points/query", self.query_points, methods=["POST"]),
             Route(c + "/points/query/batch", self.query_batch, methods=["POST"]),
             Route(c + "/points/scroll", self.scroll_points, methods=["POST"]),
@@ -458,6 +462,35 @@ class FakeQdrant:
         def run() -> Any:
             self.engine.delete(self._resolve(name), points_selector=body, wait=True)
             return self._update_result(request)
+
+        return await self._answer(run)
+
+    async def batch_update(self, request: Request) -> Response:
+        """`POST /points/batch`: operations applied in order, one update result each.
+
+        Like the server, a point that is not there (for a payload operation) is a 404
+        "No point with id ... found" after the operations before it were applied.
+        """
+        name = request.path_params["name"]
+        raw = await request.body()
+        body = parse_bytes(raw, models.UpdateOperations.model_validate_json)
+        for op in body.operations:
+            for pid in _operation_ids(op):
+                check_point_id(pid, raw)
+
+        def run() -> Any:
+            real = self._resolve(name)
+            dense, sparse = self._vector_params(real)
+            for op in body.operations:
+                upsert = op.upsert if isinstance(op, models.UpsertOperation) else None
+                if isinstance(upsert, models.PointsList):
+                    for p in upsert.points:
+                        check_vectors(dense, sparse, p.vector)
+            try:
+                self.engine.batch_update_points(real, update_operations=body.operations)
+            except KeyError as exc:
+                raise QdrantError(404, f"Not found: No point with id {exc.args[0]} found") from None
+            return [self._update_result(request) for _ in body.operations]
 
         return await self._answer(run)
 
@@ -696,6 +729,15 @@ def check_point_id(value: Any, raw: bytes) -> None:
     column = raw.find(token) + len(token) if token in raw else 0
     message = _POINT_ID_ERROR.format(value=value)
     raise QdrantError(400, f"Format error in JSON body: {message} at line 1 column {column}")
+
+
+def _operation_ids(op: Any) -> list[Any]:
+    """The point ids an update operation names (for the id format check)."""
+    inner = next(iter(op.model_dump(exclude_none=True).values()), {})
+    points = inner.get("points") if isinstance(inner, dict) else None
+    if isinstance(points, list):
+        return [p["id"] if isinstance(p, dict) else p for p in points]
+    return []
 
 
 def check_vectors(dense: dict[str, int], sparse: set[str], vector: Any) -> None:

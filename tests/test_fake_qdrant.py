@@ -269,6 +269,53 @@ def test_every_endpoint_resolves_aliases_and_alias_changes_are_atomic(http: http
     assert http.post("/collections/book/points/count", json={}).status_code == 404
 
 
+def test_batch_updates_overwrite_payloads_and_a_missing_point_is_a_404(
+    http: httpx.Client,
+) -> None:
+    make_collection(http)
+    ops = {"operations": [
+        {"overwrite_payload": {"payload": {"doc_path": "moved.md"}, "points": [pid(1)]}},
+        {"overwrite_payload": {"payload": {"doc_path": "b.md", "n": 2}, "points": [pid(2)]}},
+    ]}  # fmt: skip
+    answer = http.post("/collections/c1/points/batch", params={"wait": "true"}, json=ops)
+    assert answer.status_code == 200, answer.text
+    assert [r["status"] for r in answer.json()["result"]] == ["completed", "completed"]
+    scrolled = http.post("/collections/c1/points/scroll", json={"limit": 10, "with_payload": True})
+    payloads = {p["id"]: p["payload"] for p in scrolled.json()["result"]["points"]}
+    assert payloads[pid(1)] == {"doc_path": "moved.md"}  # overwritten whole, not merged
+    assert payloads[pid(2)] == {"doc_path": "b.md", "n": 2}
+    hit = http.post("/collections/c1/points/query", json={"query": [1, 0, 0, 0], "using": "dense"})
+    assert hit.json()["result"]["points"][0]["score"] == pytest.approx(1.0)  # vectors kept
+    gone = {"operations": [
+        {"overwrite_payload": {"payload": {"doc_path": "x.md"}, "points": [pid(42)]}}]}
+    missing = http.post("/collections/c1/points/batch", json=gone)
+    assert missing.status_code == 404
+    assert error_of(missing) == f"Not found: No point with id {pid(42)} found"
+    bad = http.post("/collections/c1/points/batch", json={"operations": [
+        {"overwrite_payload": {"payload": {}, "points": ["chunk-1"]}}]})  # fmt: skip
+    assert bad.status_code == 400 and "not a valid point ID" in error_of(bad)
+    assert error_of(http.post("/collections/c1/points/batch", json={"ops": []})).startswith(
+        "Format error in JSON body: "
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+def test_qdrant_client_parses_the_batch_answer(qdrant: FakeQdrant, http: httpx.Client) -> None:
+    make_collection(http)
+    client = QdrantClient(url=qdrant.url, api_key=KEY, https=False, check_compatibility=False)
+    try:
+        results = client.batch_update_points("c1", update_operations=[
+            models.OverwritePayloadOperation(
+                overwrite_payload=models.SetPayload(payload={"doc_path": "z.md"}, points=[pid(3)])
+            )
+        ])  # fmt: skip
+        assert [r.status for r in results] == [models.UpdateStatus.COMPLETED]
+        records, _ = client.scroll("c1", limit=10, with_payload=True)
+        assert {str(r.id): r.payload for r in records}[pid(3)] == {"doc_path": "z.md"}
+    finally:
+        client.close()
+
+
 def test_collection_metadata_patches_merge_like_qdrant(http: httpx.Client) -> None:
     make_collection(http)
     patch = {"metadata": {"rag": {"dimensions": 4}, "owner": "ci"}}

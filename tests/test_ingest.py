@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from rag import ingest as ingest_module
+from rag import sparse
 from rag.config import Settings
-from rag.ingest import Ingestor, find_files, load_book
+from rag.embeddings import EmbeddingResult
+from rag.ingest import Ingestor, desired_meta, find_files, load_book, meta_mismatch
 from rag.vector_store.base import PointRecord
 from rag.vector_store.edge import EdgeStore
 
@@ -53,8 +55,8 @@ def book(tmp_path: Path) -> Path:
 
 async def ids_by_doc(store: EdgeStore) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
-    for pid, doc in (await store.existing()).items():
-        out.setdefault(doc, set()).add(pid)
+    for pid, stored in (await store.existing()).items():
+        out.setdefault(stored.doc_path, set()).add(pid)
     return out
 
 
@@ -143,6 +145,151 @@ async def test_a_broken_file_keeps_its_chunks_and_fails_the_run(tmp_path: Path, 
         await store.close()
 
 
+@pytest.mark.anyio
+async def test_a_new_slug_rewrites_payloads_only(
+    tmp_path: Path, book: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same text, new URL: the payload follows, nothing is embedded or upserted."""
+    settings = settings_for(tmp_path, book)
+    page = book / "extra.md"
+    page.write_text(PAGE.replace("title: Extra page", "title: Extra page\nslug: /old-place"))
+    store = EdgeStore(settings.data_dir, "book")
+    try:
+        first = await Ingestor(store, settings).run()
+        assert first.status == "succeeded" and first.updated == 0
+        ids = (await ids_by_doc(store))["extra.md"]
+        page.write_text(PAGE.replace("title: Extra page", "title: Extra page\nslug: /new-place"))
+        upserts: list[int] = []
+        real_upsert = store.upsert
+
+        async def counting_upsert(points: list[PointRecord]) -> None:
+            upserts.append(len(points))
+            await real_upsert(points)
+
+        monkeypatch.setattr(store, "upsert", counting_upsert)
+        moved = await Ingestor(store, settings).run()
+        assert (moved.embedded, moved.deleted, moved.updated) == (0, 0, len(ids))
+        assert moved.unchanged == moved.chunks - len(ids) and upserts == []
+        assert (await ids_by_doc(store))["extra.md"] == ids  # same points, same ids
+        hits = await store.query(dense=None, sparse=sparse.query_vector("wheel odometry"), limit=1)
+        assert "/docs/new-place#" in hits[0].payload["url"]
+        again = await Ingestor(store, settings).run()
+        assert (again.embedded, again.updated, again.deleted) == (0, 0, 0)  # writes nothing
+    finally:
+        await store.close()
+
+
+def test_payload_fingerprint_covers_every_stored_field(tmp_path: Path, book: Path) -> None:
+    chunk = load_book(book, settings_for(tmp_path, book)).chunks[0]
+    base = ingest_module.to_payload(chunk)
+    assert base["payload_hash"] == ingest_module.payload_fingerprint(base)
+    for field in ("url", "section", "chunk_index", "title", "token_count", "text"):
+        changed = {**base, field: "other"}
+        assert ingest_module.payload_fingerprint(changed) != base["payload_hash"], field
+    reordered = dict(reversed(list(base.items())))
+    assert ingest_module.payload_fingerprint(reordered) == base["payload_hash"]
+
+
+@pytest.mark.anyio
+async def test_a_folder_without_markdown_fails_and_deletes_nothing(
+    tmp_path: Path, book: Path
+) -> None:
+    settings = settings_for(tmp_path, book)
+    store = EdgeStore(settings.data_dir, "book")
+    wrong = tmp_path / "not-the-docs"
+    wrong.mkdir()
+    (wrong / "README.txt").write_text("the docs are elsewhere")
+    (wrong / "_partial.md").write_text("# Partial\n\nNot a page of its own.")
+    try:
+        await Ingestor(store, settings).run()
+        before = await store.count()
+        report = await Ingestor(store, settings).run(source=wrong)
+        assert report.status == "failed"
+        assert report.errors == [f"no .md or .mdx files in {wrong}: is it the book's docs folder?"]
+        assert await store.count() == before > 0 and report.deleted == 0
+        full = await Ingestor(store, settings).run(source=wrong, full=True)
+        assert full.status == "failed" and await store.count() == before
+        (wrong / "empty.md").write_text("---\ntitle: Empty\n---\n")
+        blank = await Ingestor(store, settings).run(source=wrong)
+        assert blank.status == "failed" and "no text to index" in blank.errors[0]
+        assert await store.count() == before
+    finally:
+        await store.close()
+
+
+def test_docusaurus_partials_are_not_indexed(book: Path) -> None:
+    """Docusaurus routes no `_*` file or folder (its default `exclude: ['**/_*', ...]`)."""
+    (book / "_snippet.mdx").write_text("# Snippet\n\nImported into pages, not a page.")
+    partials = book / "sensing" / "_partials"
+    partials.mkdir()
+    (partials / "note.md").write_text("# Note\n\nAlso a partial.")
+    (book / "sensing" / "under_score.md").write_text("# Kept\n\nAn underscore inside is fine.")
+    names = {p.relative_to(book).as_posix() for p in find_files(book)}
+    assert "_snippet.mdx" not in names and "sensing/_partials/note.md" not in names
+    assert {"extra.md", "sensing/under_score.md"} <= names
+
+
+class StubEmbedder:
+    """Enough of an embedder for the meta checks: constant vectors of the right size."""
+
+    def __init__(self, model: str, dimensions: int) -> None:
+        self.model, self.dimensions = model, dimensions
+
+    async def embed(self, texts: list[str]) -> EmbeddingResult:
+        return EmbeddingResult([[1.0] * self.dimensions for _ in texts], len(texts), 1)
+
+
+def test_meta_mismatch_names_what_changed_and_what_to_run() -> None:
+    built = desired_meta(StubEmbedder("text-embedding-3-small", 1536))
+    model = meta_mismatch(built, desired_meta(StubEmbedder("text-embedding-3-large", 1536)))
+    assert model == (
+        "the index was built with text-embedding-3-small (1536 dimensions) but the service is "
+        "configured with text-embedding-3-large (1536 dimensions): run a full re-ingest "
+        '(scripts/ingest.py --full, or POST /ingest {"full": true})'
+    )
+    dims = meta_mismatch(built, desired_meta(StubEmbedder("text-embedding-3-small", 256)))
+    assert dims is not None and "(256 dimensions)" in dims and "--full" in dims
+    keyless = meta_mismatch(desired_meta(None), built)
+    assert keyless is not None and keyless.startswith(
+        "the index was built without embeddings (sparse only) but the service is configured "
+        "with text-embedding-3-small"
+    )
+    sparse_v = meta_mismatch({**built, "sparse": "bm25-v0"}, built)
+    assert sparse_v is not None and "bm25-v0" in sparse_v
+    assert meta_mismatch(built, built) is None
+    # Unknown is not a mismatch: no meta at all (a Qdrant without collection metadata),
+    # or an index recorded before a key existed.
+    assert meta_mismatch({}, built) is None
+    assert meta_mismatch({"sparse": built["sparse"]}, built) is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("model", "dims"), [("text-embedding-3-large", 8), ("text-embedding-3-small", 16)],
+    ids=["model-changed", "dimensions-changed"],
+)  # fmt: skip
+async def test_incremental_ingest_refuses_an_index_of_other_embeddings(
+    tmp_path: Path, book: Path, model: str, dims: int
+) -> None:
+    settings = settings_for(tmp_path, book)
+    store = EdgeStore(settings.data_dir, "book")
+    try:
+        built = await Ingestor(store, settings, embedder=StubEmbedder("text-embedding-3-small", 8),
+                               dense_size=8).run()  # fmt: skip
+        assert built.status == "succeeded"
+        count = await store.count()
+        other = Ingestor(store, settings, embedder=StubEmbedder(model, dims), dense_size=dims)
+        refused = await other.run()
+        assert refused.status == "failed" and "run a full re-ingest" in refused.errors[0]
+        assert (refused.embedded, refused.deleted, await store.count()) == (0, 0, count)
+        rebuilt = await other.run(full=True)
+        assert rebuilt.status == "succeeded" and rebuilt.embedded == count
+        assert (await store.get_meta())["embedding_model"] == model
+        assert (await other.run()).status == "succeeded"  # and now it fits
+    finally:
+        await store.close()
+
+
 def test_find_files_refuses_links_out_of_the_folder(tmp_path: Path, book: Path) -> None:
     outside = tmp_path / "secret.md"
     outside.write_text("# Secret\n\nprivate text that must never be indexed")
@@ -177,6 +324,11 @@ def test_cli_dry_run_writes_chunks_and_summary(tmp_path: Path, book: Path) -> No
 def test_cli_fails_with_non_zero_exit(tmp_path: Path) -> None:
     proc = run_cli("--source", str(tmp_path / "missing"), env={"DATA_DIR": str(tmp_path / "d")})
     assert proc.returncode != 0 and "content folder not found" in proc.stdout + proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args in (["--source", str(empty)], ["--source", str(empty), "--dry-run"]):
+        proc = run_cli(*args, env={"DATA_DIR": str(tmp_path / "d")})
+        assert proc.returncode != 0 and "no .md or .mdx files" in proc.stdout + proc.stderr
     proc = run_cli("--dry-run", env={"CHUNK_SIZE": "tiny"})
     assert proc.returncode == 2 and "CHUNK_SIZE" in proc.stderr
 

@@ -7,6 +7,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +16,8 @@ import anyio
 import pytest
 
 from rag import sparse
-from rag.vector_store.base import PointRecord, StoreError
+from rag.vector_store.base import PointRecord, StoredPoint, StoreError
+from rag.vector_store import edge
 from rag.vector_store.edge import EdgeStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,7 +169,7 @@ async def test_existing_pages_through_every_point(store: EdgeStore) -> None:
     await store.upsert(points)
     upsert_s = time.perf_counter() - started
     existing = await store.existing()
-    assert existing == {p.id: p.payload["doc_path"] for p in points}
+    assert existing == {p.id: StoredPoint(str(p.payload["doc_path"]), None) for p in points}
     assert await store.count() == 1500
     timings = []
     for i in range(50):
@@ -236,6 +238,84 @@ async def test_invalid_point_id_is_a_store_error(store: EdgeStore) -> None:
     bad = PointRecord("not-a-uuid", sparse.document_vector("x"), payload("a.md", "x"))
     with pytest.raises(StoreError, match="not-a-uuid"):
         await store.upsert([bad])
+
+
+@pytest.mark.anyio
+async def test_update_payloads_keeps_the_vectors_and_persists(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    store = EdgeStore(data, "book")
+    try:
+        await store.ensure_collection(DIM)
+        await store.upsert(SAMPLE)
+        new = {**SAMPLE[0].payload, "url": "https://book/moved#s", "payload_hash": "v2"}
+        await store.update_payloads({pid("kalman"): new})
+        await store.update_payloads({})
+        assert (await store.existing())[pid("kalman")] == StoredPoint("a.md", "v2")
+    finally:
+        await store.close()
+    again = EdgeStore(data, "book")
+    try:
+        hits = await again.query(dense=[1.0, 0, 0, 0], sparse=None, limit=1)
+        assert hits[0].id == pid("kalman") and hits[0].payload == new
+        assert hits[0].score == pytest.approx(1.0)  # dense vector untouched
+        found = await again.query(dense=None, sparse=sparse.query_vector("kalman"), limit=1)
+        assert found[0].payload["url"] == "https://book/moved#s"  # and the sparse one
+        assert (await again.existing())[pid("lidar")] == StoredPoint("b.md", None)
+    finally:
+        await again.close()
+
+
+class EngineSpy:
+    """Stands in for the engine: records the thread of every call, then makes it."""
+
+    def __init__(self, engine: object, threads: list[int]) -> None:
+        self._engine = engine
+        self._threads = threads
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self._engine, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: object, **kwargs: object) -> object:
+            self._threads.append(threading.get_ident())
+            return attr(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.anyio
+async def test_engine_calls_and_point_conversion_never_run_on_the_event_loop(
+    store: EdgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deterministic: every engine call and every point conversion names its thread."""
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+    converted: list[int] = []
+    real_convert = edge._to_engine_point
+
+    def convert(p: PointRecord) -> object:
+        converted.append(threading.get_ident())
+        return real_convert(p)
+
+    monkeypatch.setattr(edge, "_to_engine_point", convert)
+    shard = store._coll.live  # type: ignore[union-attr]
+    assert shard is not None
+    real_engine = shard.engine
+    shard.engine = EngineSpy(real_engine, threads)  # type: ignore[assignment]
+    try:
+        await store.upsert(SAMPLE)
+        await store.update_payloads({pid("gait"): payload("b.md", "gait")})
+        await store.existing()
+        await store.query(dense=[1.0, 0, 0, 0], sparse=sparse.query_vector("gait"), limit=2)
+        await store.query(dense=None, sparse=sparse.query_vector("gait"), limit=2)
+        await store.count()
+        await store.info(timeout=1)
+        await store.delete([pid("gait")])
+    finally:
+        shard.engine = real_engine
+    assert len(converted) == len(SAMPLE) and loop_thread not in converted
+    assert len(threads) >= 10 and loop_thread not in threads
 
 
 @pytest.mark.anyio

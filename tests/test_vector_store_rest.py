@@ -22,7 +22,7 @@ import pytest
 
 from rag import sparse
 from rag.http import RetryPolicy
-from rag.vector_store.base import PointRecord, StoreError
+from rag.vector_store.base import PointRecord, StoredPoint, StoreError
 from rag.vector_store.rest import UPSERT_BATCH, QdrantStore
 from tests.fake_qdrant import FakeQdrant, Fault
 
@@ -256,7 +256,7 @@ async def test_writes_are_batched_and_existing_pages_through_every_point(
     assert all("wait=true" in s.query for s in qdrant.seen("PUT", "/collections/book/points"))
     qdrant.requests.clear()
     existing = await store.existing()
-    assert existing == {p.id: p.payload["doc_path"] for p in points}
+    assert existing == {p.id: StoredPoint(str(p.payload["doc_path"]), None) for p in points}
     scrolls = qdrant.seen("POST", "/collections/book/points/scroll")
     assert len(scrolls) == 3  # pages of 1000
     qdrant.requests.clear()
@@ -343,12 +343,117 @@ async def test_no_collection_reads_as_empty_and_writes_fail_clearly(
     assert await store.existing() == {}
     assert await store.get_meta() == {}
     assert (await store.info()).points == 0
-    assert await store.query(dense=None, sparse=sparse.query_vector("robot"), limit=5) == []
     await store.delete([pid("x")])
     with pytest.raises(StoreError, match=r"collection `book` not found .*created on ingest"):
         await store.upsert(SAMPLE)
     with pytest.raises(StoreError, match="not found"):
         await store.set_meta({"a": 1})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("dense", [None, [1.0, 0, 0, 0]], ids=["sparse", "hybrid"])
+async def test_a_query_without_a_collection_says_the_book_is_not_indexed(
+    client: httpx.AsyncClient, qdrant: FakeQdrant, dense: list[float] | None
+) -> None:
+    """Not "no hits": a reader must hear that the index is missing, not "not in the book"."""
+    store = make_store(client, qdrant)
+    with pytest.raises(StoreError) as err:
+        await store.query(dense=dense, sparse=sparse.query_vector("robot"), limit=5)
+    assert err.value.public == (
+        "the book is not indexed yet (no Qdrant collection `book`): run the ingestion"
+    )
+    assert qdrant.url in str(err.value)  # operators' logs say where
+
+
+# --- payload rewrites ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_update_payloads_rewrites_payloads_in_one_request_and_keeps_vectors(
+    store: QdrantStore, qdrant: FakeQdrant
+) -> None:
+    await store.upsert(SAMPLE)
+    moved = {
+        pid("kalman"): {**SAMPLE[0].payload, "url": "https://book/new#s", "payload_hash": "v2"},
+        pid("lidar"): {**SAMPLE[1].payload, "chunk_index": 3, "payload_hash": "v2"},
+    }
+    qdrant.requests.clear()
+    await store.update_payloads(moved)
+    assert [(s.method, s.path) for s in qdrant.requests] == [
+        ("POST", "/collections/book/points/batch")
+    ]
+    assert "wait=true" in qdrant.requests[0].query
+    existing = await store.existing()
+    assert existing[pid("kalman")] == StoredPoint("a.md", "v2")
+    assert existing[pid("gait")] == StoredPoint("b.md", None)  # untouched
+    hits = await store.query(dense=[1.0, 0, 0, 0], sparse=None, limit=1)
+    assert hits[0].id == pid("kalman") and hits[0].payload == moved[pid("kalman")]
+    assert hits[0].score == pytest.approx(1.0)  # the dense vector is still there
+    found = await store.query(dense=None, sparse=sparse.query_vector("laser pulses"), limit=1)
+    assert found[0].payload["chunk_index"] == 3  # and the sparse one
+
+
+@pytest.mark.anyio
+async def test_update_payloads_batches_and_a_vanished_point_is_a_clear_error(
+    store: QdrantStore, qdrant: FakeQdrant
+) -> None:
+    points = [point(f"p{i}", f"chunk {i}") for i in range(300)]
+    await store.upsert(points)
+    qdrant.requests.clear()
+    await store.update_payloads({p.id: {"doc_path": "a.md", "payload_hash": "x"} for p in points})
+    assert len(qdrant.seen("POST", "/collections/book/points/batch")) == 2  # <= 256 per request
+    assert all(s.payload_hash == "x" for s in (await store.existing()).values())
+    await store.update_payloads({})  # nothing to do: no request
+    with pytest.raises(StoreError, match="or one of its points is gone"):
+        await store.update_payloads({pid("never-written"): {"doc_path": "a.md"}})
+
+
+# --- the /health probe --------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_probe_makes_one_short_attempt(store: QdrantStore, qdrant: FakeQdrant) -> None:
+    qdrant.fail("GET /collections/book", Fault(hang=True))
+    qdrant.requests.clear()
+    started = time.monotonic()
+    with pytest.raises(StoreError) as err:
+        await store.info(timeout=0.3)  # the client's own read timeout is 5 s
+    assert time.monotonic() - started < 1.5
+    assert err.value.public == "Qdrant unreachable: timed out (no answer within 0.3 s)"
+    qdrant.fail("GET /collections/book", Fault(status=503))
+    with pytest.raises(StoreError, match="503"):
+        await store.info(timeout=2)
+    assert len(qdrant.seen("GET", "/collections/book")) == 2  # never retried
+    assert (await store.info(timeout=2)).points == 0
+
+
+@pytest.mark.anyio
+async def test_a_query_gives_up_after_one_and_a_half_read_timeouts(qdrant: FakeQdrant) -> None:
+    """Every attempt against a server that never answers would be 4 timeouts; a reader
+    waits for one and a half, retries included."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.4)) as fast:
+        store = QdrantStore(fast, url=qdrant.url, api_key=KEY, collection="book", policy=FAST)
+        await store.ensure_collection(DIM)
+        qdrant.fail("POST /collections/*/points/query", *[Fault(hang=True)] * 5)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="timed out"):
+            await store.query(dense=None, sparse=sparse.query_vector("robot"), limit=3)
+        assert 0.55 < time.monotonic() - started < 1.2
+
+
+@pytest.mark.anyio
+async def test_collection_info_without_metadata_reads_as_unknown_meta(
+    store: QdrantStore, qdrant: FakeQdrant
+) -> None:
+    """Qdrant < 1.16 has no collection metadata: {} (unknown), never an error or a mismatch."""
+    await store.set_meta({"embedding_model": None, "dimensions": None, "sparse": "bm25-v1"})
+    old_server = {"result": {"status": "green", "points_count": 7, "config": {
+        "params": {"vectors": {"dense": {"size": DIM, "distance": "Cosine"}}}}},
+        "status": "ok", "time": 0.001}  # fmt: skip
+    qdrant.fail("GET /collections/book", Fault(status=200, body=old_server), Fault(200, old_server))
+    assert await store.get_meta() == {}
+    info = await store.info()
+    assert (info.points, info.meta) == (7, {})
 
 
 # --- errors users see -------------------------------------------------------------------

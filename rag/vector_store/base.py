@@ -4,7 +4,10 @@ Both implementations (the embedded Qdrant Edge shard and the Qdrant server over
 REST) hold one collection with two named vectors: `dense` (cosine, optional per
 point: absent when no embedding model is configured) and `sparse` (BM25 term
 weights computed by `rag.sparse`, IDF applied by Qdrant via `modifier: idf`).
-Every point's payload carries at least `doc_path` and `content_hash`.
+Every point's payload carries at least `doc_path` and `content_hash`, and (written
+by ingestion) `payload_hash`, a fingerprint of the rest of the payload: a chunk whose
+text is unchanged keeps its id and its vectors, but when its URL, section label or
+position changed only its payload is rewritten.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any, Protocol
 
 DENSE = "dense"
 SPARSE = "sparse"
+PAYLOAD_HASH = "payload_hash"
+# What /health waits for the store at most: a probe, one attempt, never the query timeout.
+PROBE_TIMEOUT = 3.0
 
 _DIM_ERROR = re.compile(r"expected dim: (\d+), got (\d+)")
 
@@ -67,6 +73,22 @@ class PointRecord:
 
 
 @dataclass(frozen=True)
+class StoredPoint:
+    """What ingestion needs to know of a stored point, read without its vectors."""
+
+    doc_path: str
+    payload_hash: str | None = None  # None: written before payload fingerprints existed
+
+    @classmethod
+    def of(cls, payload: Any) -> StoredPoint:
+        """From a payload holding (at least) `doc_path` and `payload_hash`."""
+        p = payload if isinstance(payload, dict) else {}
+        fingerprint = p.get(PAYLOAD_HASH)
+        fingerprint = fingerprint if isinstance(fingerprint, str) else None
+        return cls(str(p.get("doc_path", "")), fingerprint)
+
+
+@dataclass(frozen=True)
 class Hit:
     id: str
     score: float
@@ -98,8 +120,11 @@ class VectorStore(Protocol):
     async def delete(self, ids: list[str]) -> None:
         """Delete points by id; unknown ids are ignored."""
 
-    async def existing(self) -> dict[str, str]:
-        """Every point id in the collection mapped to its payload `doc_path`."""
+    async def existing(self) -> dict[str, StoredPoint]:
+        """Every point id in the collection with its `doc_path` and `payload_hash`."""
+
+    async def update_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
+        """Replace the whole payload of existing points (by id); vectors are untouched."""
 
     async def query(
         self,
@@ -109,7 +134,11 @@ class VectorStore(Protocol):
         limit: int,
         doc_path: str | None = None,
     ) -> list[Hit]:
-        """Top `limit` hits: dense, sparse, or both fused with RRF (server-side)."""
+        """Top `limit` hits: dense, sparse, or both fused with RRF (server-side).
+
+        The Qdrant store raises StoreError when the collection does not exist: an
+        unindexed book must not read as "not in the book".
+        """
 
     async def count(self) -> int:
         """Number of points (0 when the collection does not exist)."""
@@ -126,8 +155,8 @@ class VectorStore(Protocol):
     async def finish_rebuild(self, staged: VectorStore) -> None:
         """Make `staged` the live collection atomically, then drop the old one."""
 
-    async def info(self) -> StoreInfo:
-        """Cheap status for /health."""
+    async def info(self, *, timeout: float | None = None) -> StoreInfo:
+        """Cheap status for /health; with `timeout`, one attempt bounded by it."""
 
     async def close(self) -> None:
         """Release files / nothing for REST (the shared client is closed by the app)."""

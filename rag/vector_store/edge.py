@@ -34,10 +34,12 @@ import qdrant_edge as qe
 
 from rag.vector_store.base import (
     DENSE,
+    PAYLOAD_HASH,
     SPARSE,
     Hit,
     PointRecord,
     SparseVector,
+    StoredPoint,
     StoreError,
     StoreInfo,
     VectorStore,
@@ -89,9 +91,9 @@ class EdgeStore:
     async def upsert(self, points: list[PointRecord]) -> None:
         if not points:
             return
-        engine_points = [_to_engine_point(p) for p in points]
 
         def write(shard: _Shard) -> None:
+            engine_points = [_to_engine_point(p) for p in points]  # CPU work: in the thread too
             with shard.write_lock:
                 shard.engine.update(qe.UpdateOperation.upsert_points(engine_points))
                 shard.engine.flush()
@@ -109,19 +111,35 @@ class EdgeStore:
 
         await self._with_shard(write, missing=None)
 
-    async def existing(self) -> dict[str, str]:
-        def scroll(shard: _Shard) -> dict[str, str]:
-            out: dict[str, str] = {}
+    async def update_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
+        if not payloads:
+            return
+
+        def write(shard: _Shard) -> None:
+            ops = [
+                qe.UpdateOperation.overwrite_payload([pid], dict(payload))
+                for pid, payload in payloads.items()
+            ]
+            with shard.write_lock:
+                for op in ops:
+                    shard.engine.update(op)
+                shard.engine.flush()
+
+        await self._with_shard(write, missing=_NO_COLLECTION)
+
+    async def existing(self) -> dict[str, StoredPoint]:
+        def scroll(shard: _Shard) -> dict[str, StoredPoint]:
+            out: dict[str, StoredPoint] = {}
             offset: Any = None
             while True:
                 records, offset = shard.engine.scroll(
                     qe.ScrollRequest(
-                        offset=offset, limit=SCROLL_PAGE, with_payload=["doc_path"],
+                        offset=offset, limit=SCROLL_PAGE, with_payload=["doc_path", PAYLOAD_HASH],
                         with_vector=False,
                     )
                 )
                 for r in records:
-                    out[str(r.id)] = str((r.payload or {}).get("doc_path", ""))
+                    out[str(r.id)] = StoredPoint.of(r.payload)
                 if offset is None:
                     return out
 
@@ -180,7 +198,8 @@ class EdgeStore:
         await _run(coll.promote, shard)
         staged._staged = None  # from now on it is a view of the live collection
 
-    async def info(self) -> StoreInfo:
+    async def info(self, *, timeout: float | None = None) -> StoreInfo:
+        # `timeout` is for stores behind a network: the shard answers from this process.
         def info(shard: _Shard) -> StoreInfo:
             points = int(shard.engine.count(qe.CountRequest(exact=True)))
             return StoreInfo(self.kind, self.collection, points, dict(shard.meta))

@@ -11,7 +11,13 @@ already carries the name (made by an older version) is used as it is, and replac
 by an aliased one on the first full rebuild.
 
 The embedding meta (model, dimensions) is kept in the collection's own `metadata`
-(Qdrant >= 1.16), under one key so that writing it replaces it whole.
+(Qdrant >= 1.16), under one key so that writing it replaces it whole. An older server
+has no `metadata` in its collection info: the meta then reads as {} ("unknown"), which
+ingestion and /health accept rather than call a mismatch.
+
+Waits are bounded for readers: a query gives up after 1.5 read timeouts whatever the
+retries (a server that accepts connections but never answers must not hold a reader
+for every attempt), and the /health probe makes one attempt within `PROBE_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -22,19 +28,23 @@ import re
 import secrets
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import anyio
 import anyio.to_thread
 import httpx
 
 from rag.http import RetryPolicy, UpstreamError, request
 from rag.vector_store.base import (
     DENSE,
+    PAYLOAD_HASH,
     SPARSE,
     Hit,
     PointRecord,
     SparseVector,
+    StoredPoint,
     StoreError,
     StoreInfo,
     VectorStore,
@@ -50,6 +60,9 @@ UPSERT_BATCH = 256  # points per upsert request (1536-d vectors: ~5.5 MB of JSON
 DELETE_BATCH = 1000  # ids per delete request
 SCROLL_PAGE = 1000
 META_KEY = "rag"  # the key of the collection metadata that holds get_meta/set_meta
+
+QUERY_BUDGET = 1.5  # read timeouts a query may take in all, retries included
+ONE_ATTEMPT = RetryPolicy(max_attempts=1)
 
 _STAMP = "%Y%m%dT%H%M%S"
 _MISSING = object()  # a 404 "Not found" from Qdrant
@@ -78,6 +91,8 @@ class QdrantStore:
         self._api_key = api_key or None
         self._headers = {"api-key": api_key} if api_key else {}
         self._policy = policy
+        read = client.timeout.read
+        self._query_budget = QUERY_BUDGET * read if read else None
         # Where this store reads and writes: the alias, or (for a store returned by
         # start_rebuild) the new collection readers cannot see yet.
         self._target = collection
@@ -121,12 +136,29 @@ class QdrantStore:
             json={"filter": {"must": [{"key": "doc_path", "match": {"any": list(doc_paths)}}]}},
         )  # fmt: skip
 
-    async def existing(self) -> dict[str, str]:
-        out: dict[str, str] = {}
+    async def update_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
+        # One batch request per group: `overwrite_payload` takes one payload for its
+        # points, and every chunk's payload is its own.
+        items = list(payloads.items())
+        for batch in _batches(items, UPSERT_BATCH):
+            body = await anyio.to_thread.run_sync(_overwrite_body, batch)
+            answer = await self._call(
+                "POST", f"/collections/{self._target}/points/batch", params={"wait": "true"},
+                content=body,
+            )  # fmt: skip
+            if answer is _MISSING:
+                raise self._safe(
+                    f"Qdrant at {self._where} refused a payload update: the collection "
+                    f"`{self._target}` or one of its points is gone (run the ingestion again)"
+                )
+
+    async def existing(self) -> dict[str, StoredPoint]:
+        out: dict[str, StoredPoint] = {}
         offset: Any = None
         while True:
             body: dict[str, Any] = {
-                "limit": SCROLL_PAGE, "with_payload": ["doc_path"], "with_vector": False,
+                "limit": SCROLL_PAGE, "with_payload": ["doc_path", PAYLOAD_HASH],
+                "with_vector": False,
             }  # fmt: skip
             if offset is not None:
                 body["offset"] = offset
@@ -134,7 +166,7 @@ class QdrantStore:
             if page is _MISSING:
                 return {}
             for point in _field(page, "points", list):
-                out[str(point["id"])] = str((point.get("payload") or {}).get("doc_path", ""))
+                out[str(point["id"])] = StoredPoint.of(point.get("payload"))
             offset = page.get("next_page_offset")
             if offset is None:
                 return out
@@ -163,12 +195,13 @@ class QdrantStore:
                 assert sparse is not None
                 leg = {"query": _sparse_json(sparse), "using": SPARSE}
             body = {**leg, "limit": limit, "with_payload": True, **flt}
-            answer = await self._call(
-                "POST", f"/collections/{self._target}/points/query",
-                content=_encode(body, dense),
-            )  # fmt: skip
+            with self._within(self._query_budget):
+                answer = await self._call(
+                    "POST", f"/collections/{self._target}/points/query",
+                    content=_encode(body, dense),
+                )  # fmt: skip
             if answer is _MISSING:
-                return []
+                raise self._not_indexed()
             found = _field(answer, "points", list)
             return [_hit(p, _score(p) if dense is not None else None) for p in found]
 
@@ -186,12 +219,13 @@ class QdrantStore:
             {"prefetch": legs, "query": _DENSE_SLOT, "using": DENSE, "limit": 2 * depth,
              "with_payload": False, **flt},
         ]  # fmt: skip
-        answer = await self._call(
-            "POST", f"/collections/{self._target}/points/query/batch",
-            content=_encode({"searches": searches}, dense),
-        )  # fmt: skip
+        with self._within(self._query_budget):
+            answer = await self._call(
+                "POST", f"/collections/{self._target}/points/query/batch",
+                content=_encode({"searches": searches}, dense),
+            )  # fmt: skip
         if answer is _MISSING:
-            return []
+            raise self._not_indexed()
         if not isinstance(answer, list) or len(answer) != 2:
             raise self._error_text("sent an unexpected answer to a batch query")
         fused, rescored = (_field(a, "points", list) for a in answer)
@@ -259,13 +293,19 @@ class QdrantStore:
             except StoreError as exc:  # the new index is live: only disk is wasted
                 logger.warning("could not drop the old collection %r: %s", old, exc)
 
-    async def info(self) -> StoreInfo:
-        answer = await self._call("GET", f"/collections/{self._target}")
-        if answer is _MISSING:
-            return StoreInfo(self.kind, self.collection, 0, {})
-        points = answer.get("points_count") if isinstance(answer, dict) else None
-        if not isinstance(points, int):
-            points = await self.count()
+    async def info(self, *, timeout: float | None = None) -> StoreInfo:
+        policy = ONE_ATTEMPT if timeout is not None else None
+        with self._within(timeout):
+            answer = await self._call("GET", f"/collections/{self._target}", policy=policy)
+            if answer is _MISSING:
+                return StoreInfo(self.kind, self.collection, 0, {})
+            points = answer.get("points_count") if isinstance(answer, dict) else None
+            if not isinstance(points, int):
+                count = await self._call(
+                    "POST", f"/collections/{self._target}/points/count", json={"exact": True},
+                    policy=policy,
+                )  # fmt: skip
+                points = 0 if count is _MISSING else int(_field(count, "count", int))
         return StoreInfo(self.kind, self.collection, points, _meta(answer))
 
     async def close(self) -> None:
@@ -324,7 +364,13 @@ class QdrantStore:
     # --- plumbing ------------------------------------------------------------------
 
     async def _call(
-        self, method: str, path: str, *, conflict_ok: bool = False, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        conflict_ok: bool = False,
+        policy: RetryPolicy | None = None,
+        **kwargs: Any,
     ) -> Any:
         """One request with the shared retry policy; the envelope's `result`, or
         `_MISSING` for Qdrant's 404. Every failure becomes a StoreError."""
@@ -336,7 +382,7 @@ class QdrantStore:
         try:
             # 404 and 409 are answers, not hiccups: never retried.
             response = await request(
-                self._client, method, self._base + path, policy=self._policy,
+                self._client, method, self._base + path, policy=policy or self._policy,
                 service="Qdrant", ok_statuses=(404, 409), headers=headers, **kwargs,
             )  # fmt: skip
         except UpstreamError as exc:
@@ -373,6 +419,26 @@ class QdrantStore:
         if dims is not None:
             return dims
         return self._safe(f"Qdrant at {self._where} {text.removeprefix('Qdrant ')}")
+
+    @contextmanager
+    def _within(self, seconds: float | None) -> Iterator[None]:
+        """Bound everything inside (retries too) by `seconds`; a StoreError past it."""
+        if seconds is None:
+            yield
+            return
+        try:
+            with anyio.fail_after(seconds):
+                yield
+        except TimeoutError:
+            raise self._safe(
+                f"Qdrant unreachable at {self._where}: timed out (no answer within {seconds:g} s)"
+            ) from None
+
+    def _not_indexed(self) -> StoreError:
+        return self._safe(
+            f"the book is not indexed yet (no Qdrant collection `{self._target}` at "
+            f"{self._where}): run the ingestion"
+        )
 
     def _missing_error(self) -> StoreError:
         return self._safe(
@@ -440,6 +506,20 @@ def _upsert_body(points: Sequence[PointRecord]) -> bytes:
             raise StoreError(f"invalid payload for point {p.id!r}: {exc}") from exc
         parts.append(f'{{"id":{json.dumps(p.id)},"vector":{{{vector}}},"payload":{payload}}}')
     return ('{"points":[' + ",".join(parts) + "]}").encode()
+
+
+def _overwrite_body(items: Sequence[tuple[str, dict[str, Any]]]) -> bytes:
+    """A `points/batch` body: one `overwrite_payload` operation per point."""
+    operations = [
+        {"overwrite_payload": {"payload": payload, "points": [pid]}} for pid, payload in items
+    ]
+    try:
+        text = json.dumps(
+            {"operations": operations}, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"invalid payload in a payload update: {exc}") from exc
+    return text.encode()
 
 
 def _create_alias(collection: str, alias: str) -> dict[str, Any]:
