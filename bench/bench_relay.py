@@ -1,20 +1,32 @@
-"""OpenAI path: what the service adds to time-to-first-content, relay throughput, embedding calls.
+"""OpenAI path: what the service adds to time-to-first-content, relay rate, embedding calls.
 
-    .venv/bin/python bench/bench_relay.py
+    .venv/bin/python bench/bench_relay.py [--rounds 12] [--blocks 3]
 
-Three processes on 127.0.0.1: the OpenAI-compatible stand-in (tests/fake_openai.py) answering
-every chat after a fixed 200 ms first-token delay, the service (uvicorn, embedded store, sample
-book), and this load generator. Peer, same run: the `openai` SDK making the same two upstream
-calls the service makes (embed the question, then stream the chat) straight to the stand-in,
-in interleaved blocks. Overhead = service time-to-first-content minus the peer's: what
-retrieval, prompt and relay add. The chat-only and embedding-only rows show the parts.
+Three processes on 127.0.0.1: a lean OpenAI-compatible upstream (bench/lean_upstream.py:
+first token after a fixed 200 ms, then 20 deltas 10 ms apart), the service (uvicorn
+main:app, one worker, embedded store holding the real book, OpenAI path on), and this load
+generator. Both sides are read by the same small raw-socket HTTP/1.1 client on
+keep-alive connections, so neither pays for a heavier client than the other.
+
+Peer, same run, in interleaved blocks: that client calling the upstream directly —
+the chat stream alone (the upstream's own first-token latency, what the issue measures
+against) and the query embedding then the chat stream (the two calls the service makes).
+Added by the service = its time to first content minus the peer's, at the same
+percentile. Scenarios:
+  - 1 stream: one reader asking question after question;
+  - 32 streams: 32 readers each asking question after question, started evenly over one
+    answer's length, so 32 answers are always streaming (a steady 32 concurrent streams);
+  - 32 at once: 32 readers whose questions arrive at the same instant (a burst: the
+    32nd waits for the 31 before it to be retrieved on 2 cores).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -25,18 +37,11 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-FAKE = """
-import sys, time
-from tests.fake_openai import FakeOpenAI, Reply
-words = ["tok "] * int(sys.argv[2])
-server = FakeOpenAI(api_key=None, default_reply=Reply(content=words, first_token_delay=float(sys.argv[1])))
-server.start()
-print(server.url, flush=True)
-while True:
-    time.sleep(3600)
-"""
+BOOK = REPO.parent / "shared" / "corpus" / "physical-ai-book"
+QUESTION = "How does a complementary filter combine gyroscope and accelerometer readings?"
+FIRST_DELAY, TOKENS, TOKEN_DELAY = 0.2, 20, 0.01
+SERVICE_FIRST = b'data: {"content"'
+UPSTREAM_FIRST = b'"delta":{"content"'
 
 
 def pct(values: list[float], p: float) -> float:
@@ -44,180 +49,206 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def start_fake(delay: float, tokens: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FAKE, str(delay), str(tokens)], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
+class Connection:
+    """One keep-alive HTTP/1.1 connection; POSTs JSON, times the first marker in the body."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: dict, first: bytes | None) -> float:
+        """ms until `first` appears in the body (or the whole response when None)."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        data = json.dumps(body).encode()
+        t0 = time.perf_counter()
+        self.writer.write(
+            b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        at: float | None = None
+        if b"content-length:" in head.lower():
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await self.reader.readexactly(length)
+        else:  # chunked: read to the terminal chunk, noting when `first` went by
+            buf = b""
+            while not buf.endswith(b"0\r\n\r\n"):
+                buf += await self.reader.read(65536)
+                if at is None and first is not None and first in buf:
+                    at = time.perf_counter()
+        return ((at or time.perf_counter()) - t0) * 1000
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
-def start_service(fake_url: str, data: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": fake_url,
-        "DATA_DIR": str(data), "RATE_LIMIT_PER_MINUTE": "0", "LOG_LEVEL": "warning",
-        "DENSE_RELEVANCE_FLOOR": "-1",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port), "--log-level", "warning"],
-        cwd=REPO, env=env,
+async def ask_service(conn: Connection) -> float:
+    return await conn.post("/chat", {"question": QUESTION}, SERVICE_FIRST)
+
+
+async def ask_chat(conn: Connection) -> float:
+    return await conn.post(
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": QUESTION}]},
+        UPSTREAM_FIRST,
     )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+
+
+async def ask_embed_then_chat(conn: Connection) -> float:
+    embed_ms = await conn.post(
+        "/v1/embeddings",
+        {"model": "text-embedding-3-small", "input": [QUESTION], "dimensions": 1536,
+         "encoding_format": "base64"},
+        None,
+    )
+    return embed_ms + await ask_chat(conn)
+
+
+async def scenario(port: int, ask, clients: int, rounds: int, spread: float) -> list[float]:  # type: ignore[no-untyped-def]
+    """`clients` readers, each asking `rounds` questions one after another, the first
+    answer of each one dropped (connection set-up); starts spread over `spread` s."""
+    out: list[float] = []
+
+    async def reader(i: int) -> None:
+        conn = Connection(port)
         try:
-            h = httpx.get(f"{base}/health").json()
-            if h["points"] > 0 and h["ingest"]["running"] is None:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
+            await asyncio.sleep(spread * i / clients)
+            for r in range(rounds + 1):
+                ms = await ask(conn)
+                if r:
+                    out.append(ms)
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(reader(i) for i in range(clients)))
+    return out
+
+
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def start_upstream(port: int, first: float, tokens: int, gap: float) -> subprocess.Popen[str]:
+    proc = start([sys.executable, "bench/lean_upstream.py", str(port), str(first), str(tokens), str(gap)], dict(os.environ))
+    assert proc.stdout is not None
+    proc.stdout.readline()  # its URL: it is listening
     return proc
 
 
-async def service_ttfc(base: str, clients: int, rounds: int) -> list[float]:
-    out: list[float] = []
-
-    async def one(client: httpx.AsyncClient) -> None:
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            async with client.stream("POST", "/chat", json={"question": "How does a complementary filter work?"}) as r:
-                buffer = b""
-                async for chunk in r.aiter_raw():
-                    buffer += chunk
-                    if b'"content"' in buffer:
-                        out.append((time.perf_counter() - t0) * 1000)
-                        break
-
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=clients)) as c:
-        await asyncio.gather(*(one(c) for _ in range(clients)))
-    return out
-
-
-async def sdk_direct(fake_url: str, clients: int, rounds: int, *, embed: bool, chat: bool) -> list[float]:
-    """The openai SDK straight to the stand-in: the query embedding the service makes first
-    (`embed`), then the chat stream to its first content (`chat`), or either alone; ms each."""
-    from openai import AsyncOpenAI
-
-    client = AsyncOpenAI(api_key="sk-test", base_url=fake_url, max_retries=0)
-    out: list[float] = []
-    question = "How does a complementary filter work?"
-
-    async def one() -> None:
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            if embed:
-                await client.embeddings.create(
-                    model="text-embedding-3-small", input=[question], dimensions=1536
-                )
-            if chat:
-                stream = await client.chat.completions.create(
-                    model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": question}]
-                )
-                async for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        break
-                await stream.close()
-            out.append((time.perf_counter() - t0) * 1000)
-
-    await asyncio.gather(*(one() for _ in range(clients)))
-    await client.close()
-    return out
+def start_service(port: int, upstream: int, data: Path) -> subprocess.Popen[str]:
+    env = {
+        **os.environ, "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream}/v1",
+        "DATA_DIR": str(data), "BOOK_CONTENT_DIR": str(BOOK if BOOK.is_dir() else REPO / "book_content"),
+        "RATE_LIMIT_PER_MINUTE": "0", "LOG_LEVEL": "info",
+        "DENSE_RELEVANCE_FLOOR": "-1",  # the lean upstream's vectors are random: answer everything
+    }
+    proc = start([sys.executable, "-m", "uvicorn", "main:app", "--port", str(port), "--log-level", "warning"], env)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            h = httpx.get(f"{base}/health").json()
+            if h["points"] > 0 and h["ingest"]["running"] is None:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("service did not ingest the book")
 
 
-async def service_throughput(base: str) -> tuple[float, int]:
-    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
-        t0 = time.perf_counter()
-        events = 0
-        async with c.stream("POST", "/chat", json={"question": "How does a complementary filter work?"}) as r:
-            async for line in r.aiter_lines():
-                if line.startswith('data: {"content"'):
-                    events += 1
-        first = time.perf_counter() - t0
-    return events / first, events
+def stop(*procs: subprocess.Popen[str]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait()
 
 
-async def direct_throughput(fake_url: str) -> float:
-    from openai import AsyncOpenAI
-
-    client = AsyncOpenAI(api_key="sk-test", base_url=fake_url, max_retries=0)
-    t0 = time.perf_counter()
-    n = 0
-    stream = await client.chat.completions.create(
-        model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hi"}]
+async def relay_rate(port: int, first: bytes) -> float:
+    """Events (or deltas) per second of one 5,000-delta stream, from its first content."""
+    conn = Connection(port)
+    body = (
+        {"question": QUESTION} if first == SERVICE_FIRST
+        else {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "x"}]}
     )
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            n += 1
-    await client.close()
-    return n / (time.perf_counter() - t0)
+    path = "/chat" if first == SERVICE_FIRST else "/v1/chat/completions"
+    t0 = time.perf_counter()
+    ttfc = await conn.post(path, body, first)
+    total = (time.perf_counter() - t0) * 1000
+    conn.close()
+    return 5000 / ((total - ttfc) / 1000)
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--blocks", type=int, default=3)
+    args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-relay-"))
-    fake, url = start_fake(0.2, 20)
-    service = start_service(url, tmp / "data", 8766)
-    base = "http://127.0.0.1:8766"
+    up_port, svc_port = 8791, 8792
+    upstream = start_upstream(up_port, FIRST_DELAY, TOKENS, TOKEN_DELAY)
+    service = start_service(svc_port, up_port, tmp / "data")
+    answer_s = FIRST_DELAY + TOKENS * TOKEN_DELAY
+    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, load average "
+          f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())} at start; book: "
+          f"{'real' if BOOK.is_dir() else 'sample'}; upstream first token {FIRST_DELAY * 1000:.0f} ms, "
+          f"{TOKENS} deltas {TOKEN_DELAY * 1000:.0f} ms apart\n")
     try:
-        print(f"{'time to first content (ms)':<42}{'p50':>8}{'p99':>8}")
-        for clients, rounds in ((1, 20), (32, 2)):
-            asyncio.run(service_ttfc(base, clients, 1))  # warm: connections, caches
-            chat_alone: list[float] = []
-            embed: list[float] = []
-            pair: list[float] = []
-            ours: list[float] = []
-            for _ in range(3):  # interleaved blocks: drift on the machine hits both sides alike
-                chat_alone += asyncio.run(sdk_direct(url, clients, rounds, embed=False, chat=True))
-                embed += asyncio.run(sdk_direct(url, clients, rounds, embed=True, chat=False))
-                pair += asyncio.run(sdk_direct(url, clients, rounds, embed=True, chat=True))
-                ours += asyncio.run(service_ttfc(base, clients, rounds))
+        cases = [("1 stream", 1, args.rounds * 4, 0.0), ("32 streams", 32, args.rounds, answer_s),
+                 ("32 at once", 32, 1, 0.0)]
+        print("| time to first content (ms) | p50 | p90 | p99 | samples |")
+        print("|---|---:|---:|---:|---:|")
+        for name, clients, rounds, spread in cases:
+            runs: dict[str, list[float]] = {"chat": [], "embed+chat": [], "service": []}
+            asyncio.run(scenario(svc_port, ask_service, clients, 1, spread))  # warm
+            for _ in range(args.blocks):  # interleaved: drift on the machine hits all alike
+                runs["chat"] += asyncio.run(scenario(up_port, ask_chat, clients, rounds, spread))
+                runs["embed+chat"] += asyncio.run(scenario(up_port, ask_embed_then_chat, clients, rounds, spread))
+                runs["service"] += asyncio.run(scenario(svc_port, ask_service, clients, rounds, spread))
             rows = [
-                (f"openai SDK chat direct x{clients}", chat_alone),
-                (f"openai SDK embedding direct x{clients}", embed),
-                (f"openai SDK embed, then chat x{clients}", pair),
-                (f"through the service x{clients}", ours),
+                (f"upstream chat direct (its own first token), {name}", runs["chat"]),
+                (f"upstream embed, then chat, direct, {name}", runs["embed+chat"]),
+                (f"through the service, {name}", runs["service"]),
             ]
-            for name, values in rows:
-                print(f"{name:<42}{statistics.median(values):>8.1f}{pct(values, 99):>8.1f}")
-            print(f"{'  added by the service x' + str(clients):<42}"
-                  f"{statistics.median(ours) - statistics.median(pair):>8.1f}"
-                  f"{pct(ours, 99) - pct(pair, 99):>8.1f}")
+            for label, values in rows:
+                print(f"| {label} | {statistics.median(values):.1f} | {pct(values, 90):.1f} | "
+                      f"{pct(values, 99):.1f} | {len(values)} |")
+            for peer in ("chat", "embed+chat"):
+                added = [pct(runs["service"], p) - pct(runs[peer], p) for p in (50, 90, 99)]
+                print(f"| **added by the service over {peer}, {name}** | **{added[0]:.1f}** | "
+                      f"{added[1]:.1f} | **{added[2]:.1f}** | |")
     finally:
-        service.terminate()
-        fake.terminate()
-        service.wait()
-        fake.wait()
-    # Relay throughput: an upstream that streams 5,000 deltas as fast as it can.
-    fake, url = start_fake(0.0, 5000)
-    service = start_service(url, tmp / "data2", 8767)
+        stop(service, upstream)
+    # Relay rate: an upstream that streams 5,000 deltas as fast as it can.
+    upstream = start_upstream(up_port, 0.0, 5000, 0.0)
+    service = start_service(svc_port, up_port, tmp / "data")
     try:
-        ours, events = asyncio.run(service_throughput(base.replace("8766", "8767")))
-        direct = asyncio.run(direct_throughput(url))
-        print(f"\nrelay of one {events}-delta stream: service {ours:,.0f} events/s, "
-              f"openai SDK direct {direct:,.0f} deltas/s ({ours / direct:.2f}x)")
+        ours = asyncio.run(relay_rate(svc_port, SERVICE_FIRST))
+        direct = asyncio.run(relay_rate(up_port, UPSTREAM_FIRST))
+        print(f"\nrelay of one 5,000-delta stream: service {ours:,.0f} events/s; the upstream "
+              f"read directly {direct:,.0f} deltas/s")
     finally:
-        service.terminate()
-        fake.terminate()
-        service.wait()
-        fake.wait()
-    # Embedding requests for a whole-book ingest.
-    book = REPO.parent / "shared" / "corpus" / "physical-ai-book"
-    if book.is_dir():
-        fake, url = start_fake(0.0, 1)
+        stop(service, upstream)
+    # Embedding requests for a whole-book ingest against the minimum (one per 2048 inputs).
+    if BOOK.is_dir():
+        upstream = start_upstream(up_port, 0.0, 1, 0.0)
         try:
-            env = {**os.environ, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": url,
-                   "DATA_DIR": str(tmp / "data3")}
+            env = {**os.environ, "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}/v1",
+                   "DATA_DIR": str(tmp / "ingest")}
             out = subprocess.run(
-                [sys.executable, "scripts/ingest.py", "--source", str(book), "--json", "--quiet"],
+                [sys.executable, "scripts/ingest.py", "--source", str(BOOK), "--json", "--quiet"],
                 cwd=REPO, env=env, capture_output=True, text=True, check=True,
             )
             summary = json.loads(out.stdout)
+            stats = httpx.get(f"http://127.0.0.1:{up_port}/stats").json()["embeddings"]
             chunks = summary["chunks"]
-            minimum = -(-chunks // 2048)
-            print(f"\nwhole-book ingest: {chunks} chunks, {summary['tokens']:,} embedding tokens in {summary['embedding_requests']} requests, "
-                  f"{summary['timings']}; minimum requests {minimum}")
+            print(f"\nwhole-book ingest: {chunks} chunks, {summary['tokens']:,} embedding tokens; "
+                  f"upstream saw {stats['requests']} embedding request(s) with {stats['inputs']} inputs "
+                  f"(minimum {-(-chunks // 2048)}); timings {summary['timings']}")
         finally:
-            fake.terminate()
-            fake.wait()
+            stop(upstream)
     return 0
 
 
