@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -20,7 +20,7 @@ from rag.config import Settings
 from rag.ingest import IngestJobs, Ingestor, JobBusy, desired_meta, find_files, meta_mismatch
 from rag.limits import DailyBudget, RateLimiter
 from rag.retrieval import Retriever
-from rag.vector_store.base import VectorStore
+from rag.vector_store.base import PROBE_TIMEOUT, StoreError, VectorStore
 
 if TYPE_CHECKING:
     from rag.embeddings import EmbeddingGenerator
@@ -41,6 +41,33 @@ class Services:
     jobs: IngestJobs
     budget: DailyBudget
     limiter: RateLimiter
+
+    def index_problem(self, meta: dict[str, Any]) -> str | None:
+        """Why the stored vectors do not fit this configuration (full re-ingest needed), or None."""
+        return meta_mismatch(meta, desired_meta(self.embedder))
+
+    async def store_status(self) -> dict[str, Any]:
+        """The store part of /health: one short probe, a message fit for anyone to read.
+
+        The probe makes one attempt within PROBE_TIMEOUT: a store that accepts
+        connections but never answers leaves /health degraded in seconds, not after
+        every retry of the query timeout.
+        """
+        status: dict[str, Any] = {
+            "kind": self.store.kind, "collection": self.settings.qdrant_collection,
+        }  # fmt: skip
+        try:
+            info = await self.store.info(timeout=PROBE_TIMEOUT)
+        except StoreError as exc:
+            return {**status, "ok": False, "error": exc.public}
+        except Exception:  # noqa: BLE001 - health reports, never raises
+            logger.exception("store probe crashed")
+            return {**status, "ok": False, "error": "the store check failed unexpectedly"}
+        status.update(ok=True, points=info.points, meta=info.meta)
+        problem = self.index_problem(info.meta) if info.points else None
+        if problem:
+            status["index_error"] = problem
+        return status
 
 
 def make_store(settings: Settings, client: httpx.AsyncClient) -> VectorStore:
@@ -126,19 +153,27 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
 
 
 async def auto_ingest(svc: Services) -> None:
-    """On start-up, index the book once if the store is empty (or, embedded, outdated)."""
+    """On start-up, index the book once if the store is empty, and check that a stored
+    index fits the configuration (embedding model and dimensions).
+
+    An outdated embedded index is rebuilt at once (it is local and this process owns
+    it); an outdated Qdrant index is the book CI's to rebuild, so it is reported (log,
+    /health degraded) rather than re-embedded by every replica that starts.
+    """
     try:
         root = svc.settings.book_content_dir
         if not await anyio.to_thread.run_sync(lambda: root.is_dir() and bool(find_files(root))):
             return
         points = await svc.store.count()
+        problem = svc.index_problem(await svc.store.get_meta()) if points else None
         if points == 0:
             job = svc.jobs.start(full=False)
-        elif svc.store.kind == "embedded" and meta_mismatch(
-            await svc.store.get_meta(), desired_meta(svc.embedder)
-        ):
+        elif problem and svc.store.kind == "embedded":
+            logger.warning("rebuilding the embedded index: %s", problem)
             job = svc.jobs.start(full=True)
         else:
+            if problem:
+                logger.warning("the %s index does not fit: %s", svc.store.kind, problem)
             return
         logger.info("auto-ingest of %s started as job %s", root, job.id)
     except JobBusy:

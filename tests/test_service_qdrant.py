@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -15,7 +18,8 @@ import pytest
 
 from main import create_app
 from rag.config import Settings
-from tests.fake_qdrant import FakeQdrant
+from tests.fake_openai import FakeOpenAI
+from tests.fake_qdrant import FakeQdrant, Fault
 from tests.servers import serve, wait_ingested
 from tests.test_api import sse_events
 
@@ -39,10 +43,12 @@ def qdrant_settings(tmp: Path, url: str, **env: str) -> Settings:
 
 
 def writes(qdrant: FakeQdrant) -> int:
+    """Point writes of any kind: upserts, deletes, payload rewrites (points/batch)."""
     return sum(
         1 for r in qdrant.requests
-        if (r.method == "PUT" and r.path.endswith("/points")) or r.path.endswith("/points/delete")
-    )
+        if (r.method == "PUT" and r.path.endswith("/points"))
+        or r.path.endswith(("/points/delete", "/points/batch", "/points/payload"))
+    )  # fmt: skip
 
 
 def test_service_on_qdrant_ingests_answers_and_reingests_nothing(tmp_path: Path) -> None:
@@ -172,3 +178,148 @@ def test_transient_qdrant_errors_are_retried_during_ingest(tmp_path: Path, statu
         with serve(create_app(settings)) as srv:
             health = wait_ingested(srv.url)
         assert health["points"] > 0
+
+
+@contextmanager
+def stalled_server() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers (a wedged proxy or VM)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_a_stalled_qdrant_degrades_health_in_seconds_without_its_address(tmp_path: Path) -> None:
+    """Connections accepted, never answered: with the default 30 s timeout and retries the
+    old probe took a minute; it is one attempt of PROBE_TIMEOUT (3 s) now."""
+    with stalled_server() as url:
+        settings = qdrant_settings(tmp_path, url, UPSTREAM_TIMEOUT="30", AUTO_INGEST="false")
+        with serve(create_app(settings)) as srv:
+            started = time.monotonic()
+            health = httpx.get(f"{srv.url}/health", timeout=60).json()
+            took = time.monotonic() - started
+    assert took < 5, took
+    assert health["status"] == "degraded" and health["vector_store"]["ok"] is False
+    assert health["vector_store"]["error"] == "Qdrant unreachable: timed out (no answer within 3 s)"
+    assert url not in json.dumps(health) and url.removeprefix("http://") not in json.dumps(health)
+
+
+def test_a_stalled_qdrant_ends_chat_with_an_error_and_done_in_about_the_timeout(
+    tmp_path: Path,
+) -> None:
+    with stalled_server() as url:
+        settings = qdrant_settings(tmp_path, url, UPSTREAM_TIMEOUT="1", AUTO_INGEST="false")
+        with serve(create_app(settings)) as srv:
+            started = time.monotonic()
+            body = httpx.post(f"{srv.url}/chat", json={"question": "What is a gyro?"}, timeout=60)
+            took = time.monotonic() - started
+            search = httpx.post(f"{srv.url}/search", json={"query": "gyro"}, timeout=60)
+    events = sse_events(body.content)
+    assert took < 3, took  # 1.5 read timeouts for the query, retries included
+    assert "metadata" in events[0] and events[-1] == {"done": True}
+    assert events[-2]["error"] == {
+        "code": "retrieval_failed",
+        "message": "Qdrant unreachable: timed out (no answer within 1.5 s)",
+    }
+    assert search.status_code == 502 and search.json()["error"]["code"] == "retrieval_failed"
+
+
+def test_an_unindexed_book_is_an_error_not_not_in_the_book(tmp_path: Path) -> None:
+    not_indexed = "the book is not indexed yet (no Qdrant collection `book`): run the ingestion"
+    with FakeQdrant(api_key=KEY) as qdrant:
+        settings = qdrant_settings(tmp_path, qdrant.url, AUTO_INGEST="false")
+        with serve(create_app(settings)) as srv:
+            events = sse_events(
+                httpx.post(f"{srv.url}/chat", json={"question": "How do I calibrate?"}).content
+            )
+            assert events[-2]["error"] == {"code": "retrieval_failed", "message": not_indexed}
+            assert events[-1] == {"done": True}
+            answer = httpx.post(
+                f"{srv.url}/chat", json={"question": "How do I calibrate?", "stream": False}
+            )
+            assert answer.status_code == 502 and answer.json()["error"]["message"] == not_indexed
+            r = httpx.post(f"{srv.url}/search", json={"query": "magnetometer calibration"})
+            assert r.status_code == 502
+            assert r.json()["error"] == {"code": "retrieval_failed", "message": not_indexed}
+            job = httpx.post(f"{srv.url}/ingest").json()
+            assert _wait_job(job["status_url"])["status"] == "succeeded"
+            r = httpx.post(f"{srv.url}/search", json={"query": "magnetometer calibration"})
+            assert r.status_code == 200 and r.json()["results"]
+
+
+def openai_env(fake: FakeOpenAI, **env: str) -> dict[str, str]:
+    return {"OPENAI_API_KEY": fake.api_key or "", "OPENAI_BASE_URL": fake.url,
+            "DENSE_RELEVANCE_FLOOR": "0.1", **env}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("built", "served", "says"),
+    [
+        ({}, {}, "built without embeddings (sparse only) but the service is configured with "
+                 "text-embedding-3-small (1536 dimensions)"),
+        ({"EMBEDDING_MODEL": "text-embedding-3-small"},
+         {"EMBEDDING_MODEL": "text-embedding-3-large"},
+         "text-embedding-3-small (1536 dimensions) but the service is configured with "
+         "text-embedding-3-large (1536 dimensions)"),
+        ({"EMBEDDING_DIMENSIONS": "1536"}, {"EMBEDDING_DIMENSIONS": "256"},
+         "(1536 dimensions) but the service is configured with text-embedding-3-small "
+         "(256 dimensions)"),
+    ],
+    ids=["keyless-index", "model-changed", "dimensions-changed"],
+)  # fmt: skip
+def test_an_index_of_other_embeddings_degrades_health_and_refuses_incremental_ingest(
+    tmp_path: Path, fake: FakeOpenAI, built: dict[str, str], served: dict[str, str], says: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with FakeQdrant(api_key=KEY) as qdrant:
+        build_env = openai_env(fake, **built) if built else {}
+        with serve(create_app(qdrant_settings(tmp_path, qdrant.url, **build_env))) as srv:
+            assert wait_ingested(srv.url)["status"] == "ok"
+        qdrant.requests.clear()
+        settings = qdrant_settings(tmp_path, qdrant.url, **openai_env(fake, **served))
+        with serve(create_app(settings)) as srv:
+            deadline = time.monotonic() + 10
+            while "the qdrant index does not fit" not in caplog.text:  # the start-up check
+                assert time.monotonic() < deadline, "no start-up meta check"
+                time.sleep(0.02)
+            health = httpx.get(f"{srv.url}/health").json()
+            assert health["status"] == "degraded" and health["vector_store"]["ok"] is True
+            problem = health["vector_store"]["index_error"]
+            assert says in problem and problem.endswith(
+                'run a full re-ingest (scripts/ingest.py --full, or POST /ingest {"full": true})'
+            )
+            assert health["ingest"]["running"] is None and writes(qdrant) == 0
+            refused = _wait_job(httpx.post(f"{srv.url}/ingest").json()["status_url"])
+            assert refused["status"] == "failed" and refused["errors"] == [problem]
+            assert refused["embedded"] == 0 and writes(qdrant) == 0
+            # A server without collection metadata (Qdrant < 1.16): unknown, not a mismatch.
+            info = httpx.get(f"{qdrant.url}/collections/book", headers={"api-key": KEY}).json()
+            del info["result"]["config"]["metadata"]
+            qdrant.fail("GET /collections/book", Fault(status=200, body=info))
+            assert httpx.get(f"{srv.url}/health").json()["status"] == "ok"
+            full = httpx.post(f"{srv.url}/ingest", json={"full": True}).json()
+            rebuilt = _wait_job(full["status_url"])
+            assert rebuilt["status"] == "succeeded" and rebuilt["embedded"] == rebuilt["chunks"]
+            health = httpx.get(f"{srv.url}/health").json()
+            assert health["status"] == "ok" and "index_error" not in health["vector_store"]
