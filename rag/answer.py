@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from rag import sparse
 from rag.chunking import count_tokens
+from rag.markdown import find_fences
 from rag.retrieval import Source
 
 SYSTEM_PROMPT = """You are the assistant of the book "{book}". Answer the reader's question \
@@ -31,11 +32,17 @@ SELECTED_TEXT_PROMPT = """The reader selected this passage of the book and asks 
 </selection>
 Answer from the selection first; use the numbered sources for context and cite them as [n]."""
 
-NO_ANSWER_TEXT = (
-    "I couldn't find this in the book, so I won't guess. "
-    "The nearest sections are listed below in case they help."
-)
+NO_ANSWER_TEXT = "I couldn't find this in the book, so I won't guess."
+NEAREST_TEXT = " The nearest sections are listed below in case they help."
 
+
+def no_answer_text(sources: Sequence[Source]) -> str:
+    """The decline, pointing at the nearest sections only when there are some."""
+    return NO_ANSWER_TEXT + (NEAREST_TEXT if sources else "")
+
+_BLOCK_BREAK = re.compile(r"\n[ \t]*\n")
+# What opens a line without being part of its sentence: quote marks, list bullets, numbers.
+_LINE_MARKER = re.compile(r"^[ \t]*(?:>[ \t]?)*((?:[-*+]|\d{1,3}[.)])[ \t]+)?")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
@@ -83,18 +90,35 @@ def build_messages(
 
 
 def sentences(text: str) -> list[str]:
-    """Prose sentences of a Markdown passage (code blocks and tables left out)."""
+    """Prose sentences of a Markdown passage: code blocks (fenced anywhere, also inside a
+    list item), tables and headings left out; list and quote markers removed, emphasis
+    kept whole (`**Sensor fusion**` stays balanced)."""
+    prose: list[str] = []
+    pos = 0
+    for fence in find_fences(text):
+        prose.append(text[pos : fence.start])
+        pos = fence.end
+    prose.append(text[pos:])
     out: list[str] = []
-    in_fence = False
-    for block in re.split(r"\n\s*\n", text):
-        stripped = block.strip()
-        if stripped.startswith(("```", "~~~")) or in_fence:
-            in_fence ^= stripped.count("```") % 2 == 1
-            continue
-        if stripped.startswith(("|", "#")):
-            continue
-        flat = " ".join(line.strip().lstrip("-*>0123456789. ").strip() for line in stripped.splitlines())
-        out += [s.strip() for s in _SENTENCE.split(flat) if len(s.split()) >= 4]
+    for part in prose:
+        for block in _BLOCK_BREAK.split(part):
+            # A list item, or a quote after plain lines, starts a sentence of its own.
+            segments: list[list[str]] = []
+            quoted = False
+            for line in block.splitlines():
+                m = _LINE_MARKER.match(line)
+                assert m is not None  # every part of the pattern is optional
+                body = line[m.end() :].strip()
+                if not body or body.startswith(("|", "#")):
+                    continue
+                is_quote = ">" in m.group(0)
+                if not segments or m.group(1) or is_quote != quoted:
+                    segments.append([])
+                segments[-1].append(body)
+                quoted = is_quote
+            for segment in segments:
+                flat = " ".join(segment)
+                out += [s.strip() for s in _SENTENCE.split(flat) if len(s.split()) >= 4]
     return out
 
 

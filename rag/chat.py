@@ -18,10 +18,10 @@ from typing import Any
 import anyio
 
 from rag.answer import (
-    NO_ANSWER_TEXT,
     CitationFilter,
     build_messages,
     extractive_answer,
+    no_answer_text,
     retrieval_query,
 )
 from rag.chunking import count_tokens
@@ -116,7 +116,7 @@ async def chat_events(
     yield {"metadata": metadata, "done": False}
 
     if mode == "no_answer":
-        yield {"content": NO_ANSWER_TEXT, "done": False}
+        yield {"content": no_answer_text(retrieval.sources), "done": False}
     elif mode == "extractive":
         lines = extractive_answer(req.question, retrieval.sources, extra_text=req.selected_text)
         intro = "From the book:\n\n" if not req.selected_text else "From the selected text and the book:\n\n"

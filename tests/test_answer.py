@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,8 +14,12 @@ from rag.answer import (
     extractive_answer,
     filter_citations,
     retrieval_query,
+    sentences,
     trim_history,
 )
+from rag.config import Settings
+from rag.ingest import load_book
+from rag.markdown import find_fences
 from rag.retrieval import Source
 
 
@@ -237,3 +242,41 @@ def test_extractive_answer_quotes_relevant_sentences_with_their_numbers() -> Non
     lines = extractive_answer("What does a gyroscope measure?", sources)
     assert lines[0] == "> The gyroscope measures angular velocity in degrees per second. [1]"
     assert all("gyroscope = read()" not in line for line in lines)  # code is not prose
+
+
+def test_sentences_leave_code_out_and_keep_markdown_whole() -> None:
+    text = (
+        "**Sensor fusion** shows how the gyroscope and the accelerometer are combined.\n\n"
+        "1. **Install ROS 2 Humble** on the robot computer first.\n"
+        "   ```bash\n   sudo apt update\n   sudo apt install -y ros-humble-desktop\n   ```\n"
+        "2. Then source the setup script in every new shell.\n\n"
+        "> A quote line that is long enough to count.\n"
+        "- An item with *emphasis* that is a sentence too.\n\n"
+        "| a | b |\n|---|---|\n| 1 | 2 |\n\n## A heading with enough words here\n"
+    )
+    assert sentences(text) == [
+        "**Sensor fusion** shows how the gyroscope and the accelerometer are combined.",
+        "**Install ROS 2 Humble** on the robot computer first.",
+        "Then source the setup script in every new shell.",
+        "A quote line that is long enough to count.",
+        "An item with *emphasis* that is a sentence too.",
+    ]
+
+
+def test_extractive_sentences_of_the_real_book_are_clean_prose(book_dir: Path) -> None:
+    """Quoted sentences never carry a fence or a code line, and emphasis stays balanced."""
+    settings = Settings.from_environ({"BOOK_BASE_URL": "https://example.org/docs"}, env_file=None)
+    book = load_book(book_dir, settings)
+    code_lines = {
+        line.strip()
+        for chunk in book.chunks
+        for fence in find_fences(chunk.text)
+        for line in chunk.text[fence.start : fence.end].splitlines()[1:-1]
+        if len(line.strip()) > 20
+    }
+    quoted = [s for chunk in book.chunks for s in sentences(chunk.text)]
+    assert len(quoted) > 500
+    for sentence in quoted:
+        assert "```" not in sentence and "~~~" not in sentence, sentence
+        assert sentence.count("**") % 2 == 0, sentence
+        assert not any(line in sentence for line in code_lines), sentence

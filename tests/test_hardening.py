@@ -216,10 +216,11 @@ def test_ingest_without_or_with_wrong_token(server: ServerThread) -> None:
 def test_rate_limit_gives_429_with_retry_after(tmp_path: Path) -> None:
     s = Settings.from_environ(
         {"DATA_DIR": str(tmp_path), "BOOK_CONTENT_DIR": str(REPO / "book_content"),
-         "RATE_LIMIT_PER_MINUTE": "3", "AUTO_INGEST": "false"},
+         "RATE_LIMIT_PER_MINUTE": "3"},
         env_file=None,
     )
     with serve(create_app(s)) as srv:
+        wait_ingested(srv.url)
         codes = [
             httpx.post(f"{srv.url}/search", json={"query": "imu"}).status_code for _ in range(3)
         ]
@@ -238,11 +239,12 @@ def test_rate_limit_keys_on_the_client_the_proxy_saw(tmp_path: Path) -> None:
     client wrote itself (left of it) cannot buy a fresh limit."""
     s = Settings.from_environ(
         {"DATA_DIR": str(tmp_path), "BOOK_CONTENT_DIR": str(REPO / "book_content"),
-         "RATE_LIMIT_PER_MINUTE": "2", "AUTO_INGEST": "false"},
+         "RATE_LIMIT_PER_MINUTE": "2"},
         env_file=None,
     )
     trusted = dockerfile_env("FORWARDED_ALLOW_IPS")
     with serve(create_app(s), proxy_headers=True, forwarded_allow_ips=trusted) as srv:
+        wait_ingested(srv.url)
 
         def search(forwarded: str) -> int:
             r = httpx.post(

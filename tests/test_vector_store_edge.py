@@ -209,11 +209,16 @@ async def test_meta_and_points_persist_across_close_and_reopen(tmp_path: Path) -
 
 
 @pytest.mark.anyio
-async def test_no_collection_reads_as_empty_and_writes_fail_clearly(tmp_path: Path) -> None:
+async def test_no_collection_is_not_an_empty_answer(tmp_path: Path) -> None:
+    """Nothing ingested yet: ingestion sees no points, but a reader's query is told the book
+    is not indexed (as on the Qdrant server), not that nothing in it is relevant."""
     store = EdgeStore(tmp_path / "data", "book")
     try:
         assert await store.existing() == {}
-        assert await store.query(dense=None, sparse=sparse.query_vector("robot"), limit=5) == []
+        with pytest.raises(StoreError) as err:
+            await store.query(dense=None, sparse=sparse.query_vector("robot"), limit=5)
+        assert err.value.public == "the book is not indexed yet: run the ingestion"
+        assert str(tmp_path) in str(err.value)  # operators are told where
         with pytest.raises(StoreError, match="ensure_collection"):
             await store.upsert(SAMPLE)
     finally:

@@ -63,6 +63,7 @@ SCROLL_PAGE = 1000
 
 _POINTER = "CURRENT"
 _NO_COLLECTION = "the collection does not exist: call ensure_collection"
+NOT_INDEXED = "the book is not indexed yet: run the ingestion"
 _SHARD_NAME = re.compile(r"shard-\d{8}T\d{6}-[0-9a-f]{8}")
 class EdgeStore:
     """A `VectorStore` over an embedded Qdrant Edge shard persisted under `data_dir`."""
@@ -166,7 +167,8 @@ class EdgeStore:
         def search(shard: _Shard) -> list[Hit]:
             return _search(shard.engine, dense, sparse, limit, flt)
 
-        return await self._with_shard(search, missing=None, default=[])
+        # No shard yet is not "nothing relevant": readers are told the book is not indexed.
+        return await self._with_shard(search, missing=NOT_INDEXED)
 
     async def count(self) -> int:
         def count(shard: _Shard) -> int:
@@ -251,7 +253,8 @@ class EdgeStore:
             with coll.lease(staged) as shard:
                 if shard is None:
                     if missing is not None:
-                        raise StoreError(f"embedded store {coll.root}: {missing}")
+                        where = f"embedded store {coll.root}"
+                        raise StoreError(f"{missing} at {where}", address=where)
                     return default  # type: ignore[no-any-return]
                 return fn(shard)
 
