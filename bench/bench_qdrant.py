@@ -65,7 +65,11 @@ DIM = 1536
 QUERIES = int(os.environ.get("BENCH_QUERIES", "300"))
 PASSES = int(os.environ.get("BENCH_PASSES", "2"))
 MOCK_PASSES = 10  # timed passes over the queries (after one warm-up pass)
-WRITE_ROUTES = {"PUT /collections/{c}/points", "POST /collections/{c}/points/delete"}
+# Payload rewrites (a moved URL) go through the batch endpoint: writes too.
+WRITE_ROUTES = {
+    "PUT /collections/{c}/points", "POST /collections/{c}/points/delete",
+    "POST /collections/{c}/points/batch",
+}
 
 
 # --- counting every request the server receives -------------------------------------------

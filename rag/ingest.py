@@ -249,7 +249,9 @@ class Ingestor:
         dry_run: bool = False,
         report: IngestReport | None = None,
         on_progress: Progress | None = None,
+        book: BookChunks | None = None,
     ) -> IngestReport:
+        """`book`: the content already read and chunked (by a caller that also wrote it out)."""
         report = report or IngestReport()
         report.full, report.dry_run = full, dry_run
         started = time.perf_counter()
@@ -261,8 +263,9 @@ class Ingestor:
 
         try:
             progress("chunking", 0, 0)
-            root = source or self.settings.book_content_dir
-            book = await anyio.to_thread.run_sync(load_book, root, self.settings)
+            if book is None:
+                root = source or self.settings.book_content_dir
+                book = await anyio.to_thread.run_sync(load_book, root, self.settings)
             report.timings["chunk_s"] = round(time.perf_counter() - started, 3)
             report.files, report.chunks = len(book.files), len(book.chunks)
             report.chunk_tokens = sum(c.token_count for c in book.chunks)

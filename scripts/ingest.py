@@ -25,7 +25,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rag.config import ConfigError, Settings  # noqa: E402
-from rag.ingest import IngestReport, load_book  # noqa: E402
+from rag.ingest import BookChunks, IngestReport, load_book  # noqa: E402
 from rag.services import open_services  # noqa: E402
 
 
@@ -87,6 +87,7 @@ def summary_lines(
     if not report.dry_run:
         lines += [
             f"written:   {report.embedded} (embedding tokens: {report.tokens})",
+            f"updated:   {report.updated} (payload only: new URL, section or position)",
             f"unchanged: {report.unchanged}",
             f"deleted:   {report.deleted}",
         ]
@@ -100,23 +101,27 @@ async def run(args: argparse.Namespace, settings: Settings) -> tuple[IngestRepor
     progress = ProgressPrinter(not args.quiet)
     token_counts: list[int] = []
     started = time.perf_counter()
-    if args.dry_run or args.chunks_out:
+    book: BookChunks | None = None
+    if args.dry_run or args.chunks_out:  # read and chunk once; the ingest below reuses it
         book = await anyio.to_thread.run_sync(load_book, source, settings)
         token_counts = [c.token_count for c in book.chunks]
         if args.chunks_out:
             with args.chunks_out.open("w", encoding="utf-8") as out:
                 for chunk in book.chunks:
                     out.write(json.dumps(chunk.record(), ensure_ascii=False) + "\n")
-    if args.dry_run:
+    if book is not None and args.dry_run:
         report = IngestReport(dry_run=True, status="failed" if book.errors else "succeeded")
         report.files, report.chunks = len(book.files), len(book.chunks)
         report.chunk_tokens = sum(token_counts)
         report.errors = list(book.errors)
+        report.progress = {"stage": "done", "done": len(book.chunks), "total": len(book.chunks)}
         report.timings["total_s"] = round(time.perf_counter() - started, 3)
         return report, token_counts
     settings = replace(settings, auto_ingest=False)
     async with open_services(settings) as svc:
-        report = await svc.ingestor.run(source=source, full=args.full, on_progress=progress)
+        report = await svc.ingestor.run(
+            source=source, full=args.full, on_progress=progress, book=book
+        )
     return report, token_counts
 
 

@@ -16,7 +16,7 @@ from rag import ingest as ingest_module
 from rag import sparse
 from rag.config import Settings
 from rag.embeddings import EmbeddingResult
-from rag.ingest import Ingestor, desired_meta, find_files, load_book, meta_mismatch
+from rag.ingest import BookChunks, Ingestor, desired_meta, find_files, load_book, meta_mismatch
 from rag.vector_store.base import PointRecord
 from rag.vector_store.edge import EdgeStore
 
@@ -319,6 +319,36 @@ def test_cli_dry_run_writes_chunks_and_summary(tmp_path: Path, book: Path) -> No
     assert summary["tokens_per_chunk"]["max"] <= 512
     assert summary["timings"]["total_s"] > 0
     assert not (tmp_path / "data").exists()  # a dry run writes nothing
+    assert summary["progress"]["stage"] == "done"
+
+
+def test_cli_ingest_with_chunks_out_reads_the_book_once(
+    tmp_path: Path, book: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    import rag.ingest
+
+    spec = importlib.util.spec_from_file_location("ingest_cli_once", REPO / "scripts" / "ingest.py")
+    assert spec is not None and spec.loader is not None
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    calls: list[Path] = []
+    real = rag.ingest.load_book
+
+    def counting(root: Path, settings: Settings) -> BookChunks:
+        calls.append(root)
+        return real(root, settings)
+
+    monkeypatch.setattr(rag.ingest, "load_book", counting)
+    monkeypatch.setattr(cli, "load_book", counting)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "chunks.jsonl"
+    assert cli.main(["--source", str(book), "--chunks-out", str(out), "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert len(calls) == 1  # written out and ingested from one reading
+    assert summary["embedded"] == summary["chunks"] == len(out.read_text().splitlines()) > 0
+    assert summary["updated"] == 0 and summary["progress"]["stage"] == "done"
 
 
 def test_cli_fails_with_non_zero_exit(tmp_path: Path) -> None:
