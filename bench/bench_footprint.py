@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/bench_footprint.py        # a few minutes; builds two venvs (PyPI needed)
 
-Two fresh venvs under $TMPDIR/bench-footprint, both made the same way (`python -m venv`, then
-`pip install`), reused while their package list is unchanged:
+Two fresh venvs under $TMPDIR/bench-footprint, both made the way the image makes its
+packages (`python -m venv`, `pip install` of wheels, then the Dockerfile's build-stage step
+`scripts/slim_packages.sh`, which strips the shared libraries' debug symbols), reused while
+their package list is unchanged; every figure below (imports, starts, streams) runs on them:
 
 * ours: `pip install -r requirements.txt` (embedded Qdrant Edge engine included);
 * peer: the stack this project refused, unpinned as a new template would get it today:
@@ -14,8 +16,8 @@ Installed size is the bytes of every file in site-packages owned by a distributi
 plus the bytecode Python writes beside it), pip, setuptools and wheel left out of both.
 
 Peak held streams: the service (ours venv, exactly the Dockerfile's `uvicorn main:app`, OpenAI
-path on, embedded shard with the real book ingested) relays chat streams from the OpenAI
-stand-in (tests/fake_openai.py, its own process) that sends one token a second. A helper process
+path on, embedded shard with the real book ingested) relays chat streams from the lean
+OpenAI-compatible upstream (bench/lean_upstream.py, its own process) that sends one token a second. A helper process
 (this file, `--hold`) opens and keeps N streams reading; this process then opens new streams one
 after another and times each to its first event (the metadata event, which needs a query
 embedding round trip and a store search). Levels ramp up; the answer is the largest level whose
@@ -120,21 +122,6 @@ for path in site.rglob("*"):
 json.dump(info, sys.stdout)
 """
 
-# Each answer starts after a random 0.2-1.2 s so that the held streams' tokens are spread over the
-# second instead of arriving in one burst; then one token every TOKEN_DELAY s for 50 minutes.
-FAKE = """
-import random, time
-from tests.fake_openai import FakeOpenAI, Reply
-tokens = ["tok "] * 3000
-server = FakeOpenAI(api_key=None, default_reply=Reply(content=tokens, token_delay={token_delay}))
-server.script(*[Reply(content=tokens, first_token_delay=0.2 + random.random() * {token_delay},
-                      token_delay={token_delay}) for _ in range(50_000)])
-server.requests = type("NoLog", (list,), {{"append": lambda self, item: None}})()  # keep no log
-server.start()
-print(server.url, flush=True)
-while True:
-    time.sleep(3600)
-"""
 
 QUESTIONS = [
     "How is the IMU calibrated", "What does ROS 2 use for communication between nodes",
@@ -157,11 +144,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def venv(path: Path, args: list[str]) -> Path:
+def venv(path: Path, args: list[str]) -> tuple[Path, dict[str, dict]]:
+    """A venv made as the image makes its packages: `pip install` (wheels only), then the
+    Dockerfile's build-stage step `scripts/slim_packages.sh` (shared libraries stripped of
+    debug symbols). -> (its python, distribution sizes as pip left them, before slimming)."""
     spec = "\n".join(args) + "\n"
     if args[0] == "-r":
         spec += Path(args[1]).read_text()
+    spec += (REPO / "scripts" / "slim_packages.sh").read_text()
     marker = path / "bench-spec.txt"
+    raw = path / "sizes-as-installed.json"
     if not (marker.exists() and marker.read_text() == spec and (path / "bin" / "python").exists()):
         shutil.rmtree(path, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
@@ -179,30 +171,20 @@ def venv(path: Path, args: list[str]) -> Path:
         )
         if pip.returncode:
             raise SystemExit(f"pip install {' '.join(args)} failed:\n{pip.stderr}")
+        raw.write_text(json.dumps(dist_sizes(path / "bin" / "python")))
+        site = subprocess.check_output(
+            [str(path / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            text=True,
+        ).strip()
+        subprocess.run(["sh", str(REPO / "scripts" / "slim_packages.sh"), site], check=True)
         marker.write_text(spec)
-    return path / "bin" / "python"
+    return path / "bin" / "python", json.loads(raw.read_text())
 
 
 def dist_sizes(python: Path) -> dict[str, dict]:
     out = subprocess.check_output([str(python), "-c", DIST_SIZES], text=True, env=clean_env())
     info = json.loads(out)
     return {k: v for k, v in info.items() if k not in NOT_RUNTIME}
-
-
-def strip_saving(files: list[str]) -> int:
-    """Bytes `strip --strip-unneeded` would remove from these shared objects (what-if only)."""
-    if not shutil.which("strip"):
-        return 0
-    saved = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for f in files:
-            copy = Path(tmp) / "x.so"
-            shutil.copyfile(f, copy)
-            subprocess.run(
-                ["strip", "--strip-unneeded", str(copy)], check=False, capture_output=True
-            )
-            saved += Path(f).stat().st_size - copy.stat().st_size
-    return saved
 
 
 def required_by(info: dict[str, dict], name: str) -> str:
@@ -479,7 +461,7 @@ def peak(rows: list[dict]) -> dict | None:
 def ramp_table(title: str, rows: list[dict]) -> list[str]:
     out = [
         f"| {title} | streams held | failed to open | new-stream TTFE p50 (ms) | p99 (ms) | max (ms) "
-        "| service RSS (MB) | CPU: service / upstream stand-in / holders / probes "
+        "| service RSS (MB) | CPU: service / upstream / holders / probes "
         f"| CPU outside the benchmark (of {os.cpu_count() * 100}%) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| idle, book ingested | 0 | | | | | {rows[0]['rss']:.0f} | | |",
@@ -509,8 +491,8 @@ def mb(n: float) -> str:
 def main() -> int:
     load0 = os.getloadavg()
     ROOT.mkdir(exist_ok=True)
-    ours = venv(ROOT / "ours", ["-r", str(REPO / "requirements.txt")])
-    peer = venv(ROOT / "peer", PEER_PACKAGES)
+    ours, raw_ours = venv(ROOT / "ours", ["-r", str(REPO / "requirements.txt")])
+    peer, raw_peer = venv(ROOT / "peer", PEER_PACKAGES)
     peer_dir = ROOT / "peer-app"
     peer_dir.mkdir(exist_ok=True)
     (peer_dir / "peer_app.py").write_text(PEER_APP)
@@ -524,9 +506,8 @@ def main() -> int:
     pyc = {
         k: sum(v["pyc"] for v in i.values()) for k, i in (("ours", info_ours), ("peer", info_peer))
     }
-    strip = {
-        k: strip_saving([f for v in i.values() for f in v["so"]])
-        for k, i in (("ours", info_ours), ("peer", info_peer))
+    raw = {
+        k: sum(v["bytes"] for v in i.values()) for k, i in (("ours", raw_ours), ("peer", raw_peer))
     }
 
     print("imports...", file=sys.stderr, flush=True)
@@ -559,8 +540,10 @@ def main() -> int:
         rss["peer"].append(r)
 
     print("held streams (fake upstream)...", file=sys.stderr, flush=True)
+    # The lean upstream (bench/lean_upstream.py): each answer starts after 0.2-1.2 s, so the
+    # held streams' tokens are spread over the second; then one token every TOKEN_DELAY s.
     fake = subprocess.Popen(
-        [sys.executable, "-c", FAKE.format(token_delay=TOKEN_DELAY)],
+        [sys.executable, "bench/lean_upstream.py", "8796", "0.2", "3000", str(TOKEN_DELAY), str(TOKEN_DELAY)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
@@ -577,7 +560,7 @@ def main() -> int:
 
     # --- report ---
     def ratio(p: float, o: float) -> str:
-        return f"{p / o:.1f}x"
+        return f"{p / o:.2f}x"
 
     imp = {k: min(v) for k, v in imports.items()}
     st = {k: min(v) for k, v in starts.items()}
@@ -594,10 +577,13 @@ def main() -> int:
         "",
         "| | ours | peer | peer / ours |",
         "|---|---:|---:|---:|",
-        f"| installed runtime (MB; pip, setuptools, wheel excluded) | {mb(size['ours'])} | {mb(size['peer'])} "
-        f"| {ratio(size['peer'], size['ours'])} |",
+        f"| installed runtime as the image has it (MB; shared libraries stripped by "
+        f"scripts/slim_packages.sh; pip, setuptools, wheel excluded) | {mb(size['ours'])} "
+        f"| {mb(size['peer'])} | {ratio(size['peer'], size['ours'])} |",
         f"| same, without .pyc | {mb(size['ours'] - pyc['ours'])} | {mb(size['peer'] - pyc['peer'])} "
         f"| {ratio(size['peer'] - pyc['peer'], size['ours'] - pyc['ours'])} |",
+        f"| as pip leaves it (before the strip step) | {mb(raw['ours'])} | {mb(raw['peer'])} "
+        f"| {ratio(raw['peer'], raw['ours'])} |",
         f"| distributions installed | {len(info_ours)} | {len(info_peer)} | |",
         f"| import every runtime module (s, process wall time, best of 7) | {imp['ours']:.3f} | {imp['peer']:.3f} "
         f"| {ratio(imp['peer'], imp['ours'])} |",
@@ -610,10 +596,8 @@ def main() -> int:
         f"| {ratio(statistics.median(starts['peer']), statistics.median(starts['ours']))} |",
         f"| RSS idle after start (MB, median of 5) | {rs['ours']:.1f} | {rs['peer']:.1f} "
         f"| {ratio(rs['peer'], rs['ours'])} |",
-        f"| what-if: installed with every .so stripped (MB) | {mb(size['ours'] - strip['ours'])} "
-        f"| {mb(size['peer'] - strip['peer'])} | {ratio(size['peer'] - strip['peer'], size['ours'] - strip['ours'])} |",
         "",
-        "Ours, installed size by distribution (`pip install -r requirements.txt`):",
+        "Ours, installed size by distribution (`pip install -r requirements.txt`, then the strip step):",
         "",
         "| distribution | version | MB | of which .pyc | share | pulled in by |",
         "|---|---|---:|---:|---:|---|",
@@ -640,7 +624,7 @@ def main() -> int:
 
     lines += [
         "",
-        f"Held streams: ours (uvicorn main:app, OpenAI path against the stand-in, one upstream "
+        f"Held streams: ours (uvicorn main:app, OpenAI path against the lean upstream, one upstream "
         f"token every {TOKEN_DELAY:g} s per stream, real book ingested); {PROBES} new streams timed "
         "per level, one after another.",
         "",

@@ -1,6 +1,6 @@
 """A lean OpenAI-compatible upstream for benchmarks: raw asyncio, no framework.
 
-    python bench/lean_upstream.py PORT FIRST_TOKEN_DELAY TOKENS TOKEN_DELAY
+    python bench/lean_upstream.py PORT FIRST_TOKEN_DELAY TOKENS TOKEN_DELAY [JITTER]
 
 The test stand-in (tests/fake_openai.py) validates every request and every chunk with
 the `openai` package's pydantic models: right for tests, but under load it burns the
@@ -10,8 +10,10 @@ Its wire format is checked once at start-up against the same `openai` types (whe
 installed), so it speaks what the tests' stand-in speaks.
 
   POST /v1/embeddings        base64 float32 (or float) vectors, deterministic per text
-  POST /v1/chat/completions  stream: FIRST_TOKEN_DELAY s, then TOKENS deltas TOKEN_DELAY s
-                             apart, a usage chunk, [DONE]; non-stream: one completion
+  POST /v1/chat/completions  stream: FIRST_TOKEN_DELAY s (plus up to JITTER s, at random:
+                             many held streams then tick apart, not in one burst), then
+                             TOKENS deltas TOKEN_DELAY s apart, a usage chunk, [DONE];
+                             non-stream: one completion
   GET  /stats                requests and inputs seen per endpoint (JSON)
 """
 
@@ -49,8 +51,9 @@ def chunk(delta: dict, finish: str | None = None, usage: dict | None = None, cho
 
 
 class Upstream:
-    def __init__(self, first_delay: float, tokens: int, token_delay: float) -> None:
+    def __init__(self, first_delay: float, tokens: int, token_delay: float, jitter: float = 0.0) -> None:
         self.first_delay = first_delay
+        self.jitter = jitter
         self.token_delay = token_delay
         self.role = chunk({"role": "assistant", "content": ""})
         self.deltas = [chunk({"content": f"tok{i} "}) for i in range(tokens - 1)] + [
@@ -117,7 +120,7 @@ class Upstream:
 
     async def chat(self, writer: asyncio.StreamWriter, req: dict) -> None:
         self.stats["chat"]["requests"] += 1
-        await asyncio.sleep(self.first_delay)
+        await asyncio.sleep(self.first_delay + (random.random() * self.jitter if self.jitter else 0.0))
         if not req.get("stream"):
             text = "".join(json.loads(d[6:])["choices"][0]["delta"]["content"] for d in self.deltas)
             self.respond(writer, 200, json.dumps({
@@ -159,7 +162,8 @@ def check_wire_format(up: Upstream) -> None:
 
 async def main() -> None:
     port, first_delay, tokens, token_delay = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-    up = Upstream(first_delay, tokens, token_delay)
+    jitter = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+    up = Upstream(first_delay, tokens, token_delay, jitter)
     check_wire_format(up)
     server = await asyncio.start_server(up.handle, "127.0.0.1", port, backlog=1024)
     print(f"http://127.0.0.1:{port}/v1", flush=True)

@@ -33,6 +33,7 @@ from rag import sparse
 from rag.chunking import Chunk, chunk_document
 from rag.config import Settings
 from rag.markdown import parse_document
+from rag.retrieval import SNIPPET, TEXT_KEY, snippet, text_key
 from rag.vector_store.base import PAYLOAD_HASH, PointRecord, StoredPoint, VectorStore
 
 if TYPE_CHECKING:
@@ -183,6 +184,9 @@ def _made_with(meta: dict[str, Any]) -> str:
 def to_payload(chunk: Chunk) -> dict[str, Any]:
     """The stored payload, with the fingerprint that tells a re-ingest it changed."""
     payload = chunk.to_json()
+    # Worked out once here rather than on every query that finds the chunk.
+    payload[TEXT_KEY] = text_key(chunk.text)
+    payload[SNIPPET] = snippet(chunk.text)
     payload[PAYLOAD_HASH] = payload_fingerprint(payload)
     return payload
 

@@ -8,6 +8,7 @@ how much of the question's vocabulary the best hit actually contains.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,6 +17,9 @@ from rag import sparse
 from rag.vector_store.base import Hit, VectorStore
 
 _WORD = re.compile(r"\w+")
+# Payload fields written at ingest so that a query need not work them out per hit.
+TEXT_KEY = "text_key"  # `text_key(text)`: equal for texts that differ only in case/markup
+SNIPPET = "snippet"
 _MARKUP = re.compile(r"```[^\n]*|[*_`#>|]+|\[([^\]]*)\]\([^)]*\)")
 
 
@@ -37,10 +41,7 @@ class Source:
     score: float
     relevance: float
     text: str
-
-    @property
-    def snippet(self) -> str:
-        return snippet(self.text)
+    snippet: str
 
     def to_json(self, *, with_text: bool = False) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -79,6 +80,11 @@ def snippet(text: str, limit: int = 240) -> str:
 def normalise(text: str) -> str:
     """Text reduced to its words, for spotting the same passage twice."""
     return " ".join(_WORD.findall(text.lower()))
+
+
+def text_key(text: str) -> str:
+    """A short digest of `normalise(text)`: two passages are the same if their keys are."""
+    return hashlib.blake2b(normalise(text).encode(), digest_size=12).hexdigest()
 
 
 def term_coverage(query_terms: set[str], text: str) -> float:
@@ -135,7 +141,7 @@ def dedupe(hits: list[Hit]) -> list[Hit]:
     seen: set[str] = set()
     kept: list[Hit] = []
     for hit in hits:
-        key = normalise(str(hit.payload.get("text", "")))
+        key = hit.payload.get(TEXT_KEY) or text_key(str(hit.payload.get("text", "")))
         if key in seen:
             continue
         seen.add(key)
@@ -152,6 +158,7 @@ def _relevance(hit: Hit, terms: set[str], hybrid: bool) -> float:
 
 def _source(n: int, hit: Hit, relevance: float) -> Source:
     p = hit.payload
+    text = str(p.get("text", ""))
     return Source(
         n=n,
         chunk_id=hit.id,
@@ -162,5 +169,6 @@ def _source(n: int, hit: Hit, relevance: float) -> Source:
         chunk_index=int(p.get("chunk_index", 0)),
         score=float(hit.score),
         relevance=relevance,
-        text=str(p.get("text", "")),
+        text=text,
+        snippet=str(p.get(SNIPPET) or snippet(text)),  # an index from before: work it out
     )

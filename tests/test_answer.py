@@ -20,13 +20,13 @@ from rag.answer import (
 from rag.config import Settings
 from rag.ingest import load_book
 from rag.markdown import find_fences
-from rag.retrieval import Source
+from rag.retrieval import Source, snippet
 
 
 def _source(n: int, text: str, section: str = "S") -> Source:
     return Source(
         n=n, chunk_id=f"id{n}", title="Book", section=section, url=f"https://b/x#s{n}",
-        doc_path="x.md", chunk_index=n, score=1.0, relevance=1.0, text=text,
+        doc_path="x.md", chunk_index=n, score=1.0, relevance=1.0, text=text, snippet=snippet(text),
     )
 
 

@@ -318,39 +318,35 @@ def _search(
         )
         return [Hit(str(p.id), float(p.score), p.payload or {}, float(p.score)) for p in found]
 
-    # Hybrid: RRF over both legs, plus the dense leg on its own (same request, so
-    # the same ranking) to report each hit's cosine for the caller's relevance floor.
+    # Hybrid: RRF over both legs, then the dense query scored on exactly the fused hits,
+    # which gives each one's cosine for the caller's relevance floor (RRF scores are
+    # ranks, not similarities). Scoring 2 x limit known points is cheaper than running
+    # the dense leg again at the prefetch depth (0.6 against 0.86 ms on the book).
     sparse_query = _sparse_query(sparse)
     depth = prefetch_limit(limit)
-    fused, dense_leg = engine.query_batch(
-        qe.QueryBatchRequest(
-            [
-                qe.QueryRequest(
-                    limit=limit,
-                    prefetches=[
-                        qe.Prefetch(limit=depth, query=dense_query, filter=flt),
-                        qe.Prefetch(limit=depth, query=sparse_query, filter=flt),
-                    ],
-                    query=qe.Fusion.Rrf(k=RRF_K),
-                    filter=flt,
-                    with_payload=True,
-                ),
-                qe.QueryRequest(limit=depth, query=dense_query, filter=flt, with_payload=False),
-            ]
+    fused = engine.query(
+        qe.QueryRequest(
+            limit=limit,
+            prefetches=[
+                qe.Prefetch(limit=depth, query=dense_query, filter=flt),
+                qe.Prefetch(limit=depth, query=sparse_query, filter=flt),
+            ],
+            query=qe.Fusion.Rrf(k=RRF_K),
+            filter=flt,
+            with_payload=True,
         )
     )
-    cosine = {str(p.id): float(p.score) for p in dense_leg}
-    unseen = [p.id for p in fused if str(p.id) not in cosine]
-    if unseen:  # sparse-only finds, below the dense leg's cut: score them exactly
-        rest = engine.query(
+    cosine: dict[str, float] = {}
+    if fused:
+        scored = engine.query(
             qe.QueryRequest(
-                limit=len(unseen),
+                limit=len(fused),
                 query=dense_query,
-                filter=qe.Filter(must=[qe.HasIdCondition(set(unseen))]),
+                filter=qe.Filter(must=[qe.HasIdCondition({p.id for p in fused})]),
                 with_payload=False,
             )
         )
-        cosine.update((str(p.id), float(p.score)) for p in rest)
+        cosine = {str(p.id): float(p.score) for p in scored}
     return [
         Hit(str(p.id), float(p.score), p.payload or {}, cosine.get(str(p.id))) for p in fused
     ]
