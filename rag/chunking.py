@@ -658,7 +658,9 @@ def _fit_lines(
     t = counter.text
     # As many pieces as the budget needs, of about the same size: a small neighbour still fits.
     total = counter.approx(a, b) + lead
-    pieces = -(-total // budget)
+    # Cuts land on line ends (or spaces) past each piece's share, a few tokens over it:
+    # sized against the full budget, the pieces would leave a scrap at the end.
+    pieces = -(-total // max(1, budget - 2 * _JOIN_SLACK))
     target = -(-total // max(1, pieces))
     spans: list[list[int]] = []
     p = a
@@ -666,13 +668,17 @@ def _fit_lines(
         room = lead + _JOIN_SLACK if lead and not spans else 0  # the first piece's share
         q = counter.after(p, budget - room, b)
         if q < b:
-            nl = t.find("\n", counter.after(p, max(1, target - room), b), q)  # the first line end past the target
+            aim = counter.after(p, max(1, target - room), b)
+            nl = t.find("\n", aim, q)  # the first line end past the target
             if nl <= p:
-                nl = t.rfind("\n", p, q + 1)  # else the last one that fits
+                nl = t.rfind("\n", p, q + 1)  # else the last one that fits,
+                if nl > p and counter.approx(p, nl) < minimum:
+                    nl = -1  # unless only a scrap fits before a long line: cut that line
             if nl > p:
                 q = nl
-            else:  # one line longer than a piece
-                space = t.rfind(" ", p + 1, q)
+            else:  # one line longer than a piece: cut it at a space past the target too,
+                # so that its pieces come out even and the last one is not a scrap
+                space = _line_cut(t, aim, q, p)
                 q = space if space > p else q
         n = counter.count(p, q, prefix, suffix)
         while n > size - room and q > p + 1:  # the estimate was off: give back a line (or some characters)
@@ -694,6 +700,34 @@ def _fit_lines(
             if n1 >= minimum:
                 break
     return [(prefix + t[p:q] + suffix, n) for p, q, n in spans]
+
+
+_BARE_FENCE = re.compile(r"`{3,}|~{3,}")
+
+
+def _line_cut(t: str, lo: int, hi: int, floor: int) -> int:
+    """A space in t[lo:hi] (else in t[floor+1:hi], latest first) to cut a long line at, such
+    that neither side of the cut is a bare fence run (```` alone on a line would close the
+    block early in the piece it ends or starts); -1 if there is none. `floor`: where the
+    piece being cut starts."""
+
+    def safe(q: int) -> bool:
+        head = t[max(t.rfind("\n", 0, q) + 1, floor) : q].strip()
+        end = t.find("\n", q + 1)
+        tail = t[q + 1 : end if end >= 0 else len(t)].strip()
+        return not (_BARE_FENCE.fullmatch(head) or _BARE_FENCE.fullmatch(tail))
+
+    q = t.find(" ", lo, hi)
+    while q >= 0:
+        if safe(q):
+            return q
+        q = t.find(" ", q + 1, hi)
+    q = t.rfind(" ", floor + 1, hi)
+    while q > floor:
+        if safe(q):
+            return q
+        q = t.rfind(" ", floor + 1, q)
+    return -1
 
 
 def _split_code(

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from rag.chunking import (
+    _line_cut,
     Chunk,
     RecursiveTextSplitter,
     _fences,
@@ -591,6 +592,48 @@ def test_a_short_intro_before_a_big_block_is_not_left_alone(block: str) -> None:
     chunks = chunk_document(parse(text), chunk_size=512, chunk_overlap=64, min_chunk_size=MIN)
     assert count_tokens(INTRO) < MIN and all(c.token_count <= 512 for c in chunks)
     assert [c.token_count for c in chunks if c.token_count < MIN] == []
+
+
+def test_a_code_line_longer_than_a_chunk_is_cut_into_even_pieces() -> None:
+    """A one-line list of 1,500 names: cut at spaces into pieces of about the same size, so
+    the last one is no scrap under MIN_CHUNK_SIZE (cutting each piece full left one)."""
+    names = ", ".join(f"joint_{k}" for k in range(1500))
+    chunks = chunk_document(
+        parse(f"## Joints\n\n```python\nJOINTS = [{names}]\n```\n"),
+        chunk_size=512, chunk_overlap=64, min_chunk_size=MIN,
+    )
+    sizes = [c.token_count for c in chunks]
+    assert len(sizes) > 3 and max(sizes) <= 512 and min(sizes) >= MIN
+    assert max(sizes) - min(sizes) < 64  # even
+    assert "".join(c.text.split("\n", 1)[1].rsplit("\n", 1)[0] for c in chunks).replace(" ", "") == (
+        f"JOINTS = [{names}]".replace(" ", "")
+    )  # every character, in order
+
+
+def test_a_short_line_before_a_long_one_is_not_a_piece_of_its_own() -> None:
+    """The last line end that fits before a line longer than a piece would leave
+    `import struct` alone in a piece; the long line is cut instead, after it."""
+    long_line = "TABLE = [" + ", ".join(f"0x{k:04x}" for k in range(900)) + "]"
+    body = "\n".join(["import struct", "", long_line, "def crc(x): return x"])
+    chunks = chunk_document(
+        parse(f"## CRC\n\n```python\n{body}\n```\n"),
+        chunk_size=512, chunk_overlap=64, min_chunk_size=MIN,
+    )
+    assert [c.token_count for c in chunks if c.token_count < MIN] == []
+    assert all(c.text.count("```") == 2 for c in chunks)  # one block a chunk, none glued on
+    assert chunks[0].text.startswith("```python\nimport struct\n\nTABLE = [0x0000, ")
+
+
+def test_a_long_line_is_never_cut_next_to_a_bare_fence_run() -> None:
+    """Inside a ``` block, "```` note" is text (a fence with an info string closes nothing);
+    cut at its space, "````" alone would end one piece's line, or start the next one's,
+    and close the piece's block early. The cut moves to the next safe space."""
+    t = "```text\n```` note x y\nz"
+    assert _line_cut(t, t.index("```` note"), len(t), 8) == t.index(" x")
+    t = "```text\na b ````\nz"
+    assert _line_cut(t, t.index(" b"), t.index("\nz"), 8) == t.index(" b")
+    assert _line_cut(t, t.index(" ````"), t.index("\nz"), 8) == t.index(" b")  # latest safe one
+    assert _line_cut("```text\n```` ~~~", 8, 16, 8) == -1
 
 
 def test_a_document_smaller_than_min_chunk_size_is_one_chunk() -> None:
