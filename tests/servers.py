@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from rag.config import Settings
 from rag.http import RetryPolicy
+
+if TYPE_CHECKING:
+    from tests.fake_openai import FakeOpenAI
+
+REPO = Path(__file__).resolve().parent.parent
 
 # Retries against the stand-ins: the real policy, with delays short enough for tests.
 FAST = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05, max_elapsed=10.0)
@@ -69,3 +78,31 @@ def wait_ingested(base: str, timeout: float = 60) -> dict:
             return health
         time.sleep(0.05)
     raise AssertionError("the book was not ingested in time")
+
+
+def sample_book(tmp: Path, pages: dict[str, str] | None = None) -> Path:
+    """A copy of the repo's sample book under `tmp` (tests edit it), plus `pages` by name."""
+    content = tmp / "book"
+    if not content.exists():
+        shutil.copytree(REPO / "book_content", content)
+    for name, text in (pages or {}).items():
+        (content / name).write_text(text)
+    return content
+
+
+def llm_settings(tmp: Path, openai: FakeOpenAI, **env: str) -> Settings:
+    """The service on a copy of the sample book with the OpenAI path on the stand-in."""
+    return Settings.from_environ(
+        {
+            "DATA_DIR": str(tmp / "data"),
+            "BOOK_CONTENT_DIR": str(sample_book(tmp)),
+            "OPENAI_API_KEY": openai.api_key or "",
+            "OPENAI_BASE_URL": openai.url,
+            "RATE_LIMIT_PER_MINUTE": "0",
+            "UPSTREAM_TIMEOUT": "5",
+            # The stand-in's bag-of-words vectors are less similar than a real model's.
+            "DENSE_RELEVANCE_FLOOR": "0.1",
+            **env,
+        },
+        env_file=None,
+    )

@@ -3,7 +3,6 @@ generated answers, checked citations, history, selected text, and every upstream
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from rag import sparse
 from rag.config import Settings
 from rag.vector_store.edge import RRF_K, EdgeStore
 from tests.fake_openai import FakeOpenAI, Fault, Reply, fake_embedding, openrouter_error
-from tests.servers import ServerThread, serve, wait_ingested
+from tests.servers import ServerThread, llm_settings, serve, wait_ingested
 from tests.test_api import sse_events
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,26 +27,6 @@ def openai() -> Iterator[FakeOpenAI]:
     # "spin" means "gyroscope" to the fake embedding model only: BM25 cannot know that.
     with FakeOpenAI(aliases={"spin": "gyroscope", "spinning": "gyroscope"}) as server:
         yield server
-
-
-def llm_settings(tmp: Path, openai: FakeOpenAI, **env: str) -> Settings:
-    content = tmp / "book"
-    if not content.exists():
-        shutil.copytree(REPO / "book_content", content)
-    return Settings.from_environ(
-        {
-            "DATA_DIR": str(tmp / "data"),
-            "BOOK_CONTENT_DIR": str(content),
-            "OPENAI_API_KEY": openai.api_key or "",
-            "OPENAI_BASE_URL": openai.url,
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "UPSTREAM_TIMEOUT": "5",
-            # The stand-in's bag-of-words vectors are less similar than a real model's.
-            "DENSE_RELEVANCE_FLOOR": "0.1",
-            **env,
-        },
-        env_file=None,
-    )
 
 
 @pytest.fixture(scope="module")

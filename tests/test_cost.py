@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,34 +17,16 @@ import pytest
 
 from main import create_app
 from rag.chat import MAX_ANSWER_TOKENS
-from rag.config import Settings
 from tests.fake_openai import FakeOpenAI, Reply
-from tests.servers import ServerThread, serve, wait_ingested
+from tests.servers import ServerThread, llm_settings, serve, wait_ingested
 from tests.test_api import sse_events
 
-REPO = Path(__file__).resolve().parent.parent
 QUESTION = "What does a gyroscope measure?"
 
 
 @contextmanager
 def service(tmp: Path, fake: FakeOpenAI, **env: str) -> Iterator[ServerThread]:
-    content = tmp / "book"
-    if not content.exists():
-        shutil.copytree(REPO / "book_content", content)
-    settings = Settings.from_environ(
-        {
-            "DATA_DIR": str(tmp / "data"),
-            "BOOK_CONTENT_DIR": str(content),
-            "OPENAI_API_KEY": fake.api_key or "",
-            "OPENAI_BASE_URL": fake.url,
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "UPSTREAM_TIMEOUT": "10",
-            "DENSE_RELEVANCE_FLOOR": "0.1",
-            **env,
-        },
-        env_file=None,
-    )
-    with serve(create_app(settings)) as srv:
+    with serve(create_app(llm_settings(tmp, fake, **{"UPSTREAM_TIMEOUT": "10", **env}))) as srv:
         wait_ingested(srv.url)
         yield srv
 

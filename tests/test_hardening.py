@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from main import create_app
 from rag.config import Settings
 from tests.fake_openai import FakeOpenAI
-from tests.servers import ServerThread, serve, wait_ingested
+from tests.servers import ServerThread, llm_settings, serve, wait_ingested
 from tests.test_api import sse_events
 from tests.test_deploy import dockerfile_env
 
@@ -121,19 +121,7 @@ def llm_server(
     tmp_path_factory: pytest.TempPathFactory, openai_server: FakeOpenAI
 ) -> Iterator[ServerThread]:
     """The same surface with the OpenAI path on (the stand-in answers every chat)."""
-    tmp = tmp_path_factory.mktemp("hardening-llm")
-    s = Settings.from_environ(
-        {
-            "DATA_DIR": str(tmp / "data"),
-            "BOOK_CONTENT_DIR": str(REPO / "book_content"),
-            "RATE_LIMIT_PER_MINUTE": "0",
-            "MAX_BODY_BYTES": "8192",
-            "OPENAI_API_KEY": openai_server.api_key or "",
-            "OPENAI_BASE_URL": openai_server.url,
-            "DENSE_RELEVANCE_FLOOR": "0.1",
-        },
-        env_file=None,
-    )
+    s = llm_settings(tmp_path_factory.mktemp("hardening-llm"), openai_server, MAX_BODY_BYTES="8192")
     with serve(create_app(s)) as srv:
         wait_ingested(srv.url)
         yield srv

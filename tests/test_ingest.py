@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from rag.embeddings import EmbeddingResult
 from rag.ingest import BookChunks, Ingestor, desired_meta, find_files, load_book, meta_mismatch
 from rag.vector_store.base import PointRecord
 from rag.vector_store.edge import EdgeStore
+from tests.servers import sample_book
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE = """---
@@ -47,10 +47,7 @@ def settings_for(tmp: Path, content: Path) -> Settings:
 
 @pytest.fixture
 def book(tmp_path: Path) -> Path:
-    content = tmp_path / "book"
-    shutil.copytree(REPO / "book_content", content)
-    (content / "extra.md").write_text(PAGE)
-    return content
+    return sample_book(tmp_path, {"extra.md": PAGE})
 
 
 async def ids_by_doc(store: EdgeStore) -> dict[str, set[str]]:

@@ -34,7 +34,7 @@ from rag.vector_store.edge import EdgeStore
 from rag.vector_store.rest import QdrantStore
 from tests.fake_openai import FakeOpenAI
 from tests.fake_qdrant import FakeQdrant, Fault
-from tests.servers import free_port, serve
+from tests.servers import free_port, sample_book, serve
 from tests.test_service_qdrant import writes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,10 +77,7 @@ def backend(request: pytest.FixtureRequest, qdrant_server: FakeQdrant) -> dict[s
 
 @pytest.fixture
 def book(tmp_path: Path) -> Path:
-    content = tmp_path / "book"
-    shutil.copytree(REPO / "book_content", content)
-    (content / "extra.md").write_text(PAGE)
-    return content
+    return sample_book(tmp_path, {"extra.md": PAGE})
 
 
 def settings_for(tmp: Path, content: Path, **env: str) -> Settings:
