@@ -27,7 +27,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -109,14 +109,7 @@ class QdrantStore:
         await self._change_aliases([_create_alias(name, self.collection)])
 
     async def upsert(self, points: list[PointRecord]) -> None:
-        for batch in _batches(points, UPSERT_BATCH):
-            body = await anyio.to_thread.run_sync(_upsert_body, batch)
-            answer = await self._call(
-                "PUT", f"/collections/{self._target}/points", params={"wait": "true"},
-                content=body,
-            )  # fmt: skip
-            if answer is _MISSING:
-                raise self._missing_error()
+        await self._write_batches("PUT", "points", points, _upsert_body, self._missing_error)
 
     async def delete(self, ids: list[str]) -> None:
         for batch in _batches(ids, DELETE_BATCH):
@@ -139,18 +132,34 @@ class QdrantStore:
     async def update_payloads(self, payloads: dict[str, dict[str, Any]]) -> None:
         # One batch request per group: `overwrite_payload` takes one payload for its
         # points, and every chunk's payload is its own.
-        items = list(payloads.items())
+        def gone() -> StoreError:
+            return self._safe(
+                f"Qdrant at {self._where} refused a payload update: the collection "
+                f"`{self._target}` or one of its points is gone (run the ingestion again)"
+            )
+
+        await self._write_batches(
+            "POST", "points/batch", list(payloads.items()), _overwrite_body, gone
+        )
+
+    async def _write_batches(
+        self,
+        method: str,
+        route: str,
+        items: Sequence[T],
+        encode: Callable[[Sequence[T]], bytes],
+        missing: Callable[[], StoreError],
+    ) -> None:
+        """Send `items` in batches of UPSERT_BATCH, each body encoded off the event loop
+        (1536-d vectors make megabytes of JSON) and each write waited for."""
         for batch in _batches(items, UPSERT_BATCH):
-            body = await anyio.to_thread.run_sync(_overwrite_body, batch)
+            body = await anyio.to_thread.run_sync(encode, batch)
             answer = await self._call(
-                "POST", f"/collections/{self._target}/points/batch", params={"wait": "true"},
+                method, f"/collections/{self._target}/{route}", params={"wait": "true"},
                 content=body,
             )  # fmt: skip
             if answer is _MISSING:
-                raise self._safe(
-                    f"Qdrant at {self._where} refused a payload update: the collection "
-                    f"`{self._target}` or one of its points is gone (run the ingestion again)"
-                )
+                raise missing()
 
     async def existing(self) -> dict[str, StoredPoint]:
         out: dict[str, StoredPoint] = {}
