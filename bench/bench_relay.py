@@ -74,11 +74,17 @@ class Connection:
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
             await self.reader.readexactly(length)
         else:  # chunked: read to the terminal chunk, noting when `first` went by
-            buf = b""
-            while not buf.endswith(b"0\r\n\r\n"):
-                buf += await self.reader.read(65536)
-                if at is None and first is not None and first in buf:
+            tail = b""  # the last bytes read: a marker may straddle two reads
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise ConnectionError("the server closed the connection mid-response")
+                seen = tail + data
+                if at is None and first is not None and first in seen:
                     at = time.perf_counter()
+                if seen.endswith(b"0\r\n\r\n"):
+                    break
+                tail = seen[-64:]
         return ((at or time.perf_counter()) - t0) * 1000
 
     def close(self) -> None:

@@ -161,7 +161,8 @@ def extractive_answer(
 # other is replaced by one `[n]` per existing number (`[1, 7]` -> `[1]`, `[1-9]` -> `[1][2]`),
 # or removed when none exists (`[7-9]`). Removal repeats until nothing changes, so the text
 # around a removed group cannot become a citation itself (`[7[9]]` goes too). Anything else
-# in brackets (`[a]`, `[ ]`, `[text](url)`) is prose. Code is never touched: fenced blocks
+# in brackets (`[a]`, `[ ]`, `[text](url)`), and a group with a number of three digits or more
+# (`[2019-2021]`: TOP_K is at most 20), is prose. Code is never touched: fenced blocks
 # (``` or ~~~, as the widget renders them: from an opening line to a line starting with the
 # same fence) and inline code spans (a run of backticks up to the next run of the same length
 # on that line; without one the backticks are just text).
@@ -185,6 +186,8 @@ def _citation(group: str, valid: set[int]) -> tuple[str, list[int]]:
     items = _ITEM.findall(group)
     if not items:  # "[]", "[ ]", "[,]": brackets, not a citation
         return group, []
+    if any(len(n.lstrip("0")) > 2 for item in items for n in item):
+        return group, []  # "[2019-2021]", "[404]": no answer has 100 sources: prose
     cited: list[int] = []
     complete = True
     for first, last in items:

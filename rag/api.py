@@ -27,6 +27,10 @@ from rag.vector_store.base import StoreError
 STATIC = Path(__file__).resolve().parent / "static"
 
 
+# What a failed turn answers a `stream: false` client with.
+_ERROR_STATUS = {"deadline_exceeded": 504, "internal_error": 500}
+
+
 async def _NO_RESPONSE(scope: Scope, receive: Receive, send: Send) -> None:
     """For a client that is gone: send nothing (the request log says 499)."""
 
@@ -80,7 +84,7 @@ async def chat(request: Request) -> Response:
         if result is None:  # the reader left: the answer was stopped, nobody to send it to
             return _NO_RESPONSE  # type: ignore[return-value]
         if "error" in result:
-            status = 504 if result["error"]["code"] == "deadline_exceeded" else 502
+            status = _ERROR_STATUS.get(result["error"]["code"], 502)  # else: an upstream failed
             return JSONResponse({"error": result["error"], "request_id": rid}, status_code=status)
         return JSONResponse(result)
     return EventStreamResponse(  # type: ignore[return-value]

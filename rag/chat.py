@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,46 +88,64 @@ async def chat_events(
         yield {"done": True}
         return
     stats.retrieval_ms = (time.perf_counter() - stats.started) * 1000
-    mode, fallback = _choose_mode(req, svc, retrieval)
-    messages: list[dict[str, str]] = []
     reservation: Reservation | None = None
-    if mode in ("rag", "selected_text"):
-        messages = build_messages(
-            book=svc.settings.book_title,
-            question=req.question,
-            sources=retrieval.sources,
-            history=req.history,
-            history_budget=svc.settings.history_token_budget,
-            selected_text=req.selected_text,
-        )
-        # The most this answer can cost; counted only when there is a budget to keep.
-        most = prompt_tokens(messages) + MAX_ANSWER_TOKENS if svc.budget.limit > 0 else 0
-        reservation = svc.budget.reserve(most)
-        if reservation is None:
-            mode, fallback = "extractive", "daily_token_budget_exhausted"
-    stats.mode = mode
-    metadata["mode"] = mode
-    metadata["sources"] = [s.to_json() for s in retrieval.sources]
-    if mode in ("rag", "selected_text"):
-        metadata["model"] = svc.settings.chat_model
-    if fallback:
-        metadata["fallback"] = fallback
-    if req.selected_text:
-        metadata["selected_text"] = True
-    yield {"metadata": metadata, "done": False}
+    sent_metadata = False
+    try:
+        mode, fallback = _choose_mode(req, svc, retrieval)
+        messages: list[dict[str, str]] = []
+        if mode in ("rag", "selected_text"):
+            messages = build_messages(
+                book=svc.settings.book_title,
+                question=req.question,
+                sources=retrieval.sources,
+                history=req.history,
+                history_budget=svc.settings.history_token_budget,
+                selected_text=req.selected_text,
+            )
+            # The most this answer can cost; counted only when there is a budget to keep.
+            most = prompt_tokens(messages) + MAX_ANSWER_TOKENS if svc.budget.limit > 0 else 0
+            reservation = svc.budget.reserve(most)
+            if reservation is None:
+                mode, fallback = "extractive", "daily_token_budget_exhausted"
+        stats.mode = mode
+        metadata["mode"] = mode
+        metadata["sources"] = [s.to_json() for s in retrieval.sources]
+        if mode in ("rag", "selected_text"):
+            metadata["model"] = svc.settings.chat_model
+        if fallback:
+            metadata["fallback"] = fallback
+        if req.selected_text:
+            metadata["selected_text"] = True
+        sent_metadata = True
+        yield {"metadata": metadata, "done": False}
 
-    if mode == "no_answer":
-        yield {"content": no_answer_text(retrieval.sources), "done": False}
-    elif mode == "extractive":
-        lines = extractive_answer(req.question, retrieval.sources, extra_text=req.selected_text)
-        intro = "From the book:\n\n" if not req.selected_text else "From the selected text and the book:\n\n"
-        stats.first_token_ms = (time.perf_counter() - stats.started) * 1000
-        for i, line in enumerate(lines):
-            yield {"content": (intro if i == 0 else "\n\n") + line, "done": False}
-    else:
-        assert reservation is not None
-        async for event in _generate(svc, messages, retrieval, reservation, deadline, stats):
-            yield event
+        if mode == "no_answer":
+            yield {"content": no_answer_text(retrieval.sources), "done": False}
+        elif mode == "extractive":
+            lines = extractive_answer(req.question, retrieval.sources, extra_text=req.selected_text)
+            intro = "From the book:\n\n" if not req.selected_text else "From the selected text and the book:\n\n"
+            stats.first_token_ms = (time.perf_counter() - stats.started) * 1000
+            for i, line in enumerate(lines):
+                yield {"content": (intro if i == 0 else "\n\n") + line, "done": False}
+        else:
+            assert reservation is not None
+            # Closed with this generator, not whenever it is collected: a reader who leaves
+            # stops the upstream call at once, and the answer is charged then.
+            answer = _generate(svc, messages, retrieval, reservation, deadline, stats)
+            async with aclosing(answer):
+                async for event in answer:
+                    yield event
+    except Exception:  # a bug, not an outage: the reader still gets error + done
+        logger.exception("chat turn crashed")
+        stats.error = "internal_error"
+        if not sent_metadata:
+            yield {"metadata": metadata, "done": False}
+        yield _error("internal_error", "the answer failed unexpectedly")
+    finally:
+        # An answer that never reached the model (the reader left while the sources
+        # were being sent, a crash) gives its reservation back; settled ones ignore this.
+        if reservation is not None:
+            reservation.settle(0)
     yield {"done": True}
 
 
@@ -164,6 +183,7 @@ async def _generate(
     citations = CitationFilter({s.n for s in retrieval.sources})
     stream = svc.llm.stream(messages, max_tokens=MAX_ANSWER_TOKENS)
     received: list[str] = []  # what the model sent, to charge for when it reports no usage
+    refused = False  # the upstream answered with an error status: nothing was generated
     try:
         while True:
             try:
@@ -185,6 +205,7 @@ async def _generate(
         yield _error("deadline_exceeded", "the answer took too long and was stopped")
     except UpstreamError as exc:
         stats.error = "upstream_error"
+        refused = exc.status is not None and not received
         logger.warning("chat model failed: %s", exc)
         yield _error("upstream_error", f"the language model failed: {exc}")
     except Exception:  # a bug, not an outage: the reader still gets error + done
@@ -194,13 +215,15 @@ async def _generate(
     finally:
         await stream.aclose()
         # A stream that ended early (reader gone, deadline, cut) has no usage report:
-        # it is charged the prompt and what had arrived, never nothing.
+        # it is charged the prompt and what had arrived, never nothing; a request the
+        # upstream refused with an error status (429, 5xx, 401) cost nothing.
         usage = stream.usage
-        stats.tokens = (
-            usage.total_tokens
-            if usage is not None
-            else prompt_tokens(messages) + count_tokens("".join(received))
-        )
+        if usage is not None:
+            stats.tokens = usage.total_tokens
+        elif refused:
+            stats.tokens = 0
+        else:
+            stats.tokens = prompt_tokens(messages) + count_tokens("".join(received))
         reservation.settle(stats.tokens)
 
 

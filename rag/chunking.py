@@ -660,7 +660,7 @@ def _fit_lines(
     total = counter.approx(a, b) + lead
     # Cuts land on line ends (or spaces) past each piece's share, a few tokens over it:
     # sized against the full budget, the pieces would leave a scrap at the end.
-    pieces = -(-total // max(1, budget - 2 * _JOIN_SLACK))
+    pieces = -(-total // max(budget // 2, budget - 2 * _JOIN_SLACK))
     target = -(-total // max(1, pieces))
     spans: list[list[int]] = []
     p = a

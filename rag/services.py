@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import httpx
 
+from rag.chunking import encoder
 from rag.config import Settings
 from rag.ingest import IngestJobs, Ingestor, JobBusy, desired_meta, find_files, meta_mismatch
 from rag.limits import DailyBudget, RateLimiter
@@ -95,9 +96,23 @@ MAX_KEEPALIVE = 40
 MAX_CONNECTIONS = 4000
 
 
+def pool_bound() -> int:
+    """MAX_CONNECTIONS, or fewer where the process may open fewer files: each streamed
+    answer holds two descriptors (the reader's connection and the upstream one), and the
+    store and the logs need some, so the pool stays a real bound under any ulimit."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return MAX_CONNECTIONS
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, (soft - 64) // 2))
+
+
 def http_client(settings: Settings) -> httpx.AsyncClient:
     timeout = httpx.Timeout(settings.upstream_timeout, connect=min(10.0, settings.upstream_timeout))
-    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE)
+    limits = httpx.Limits(max_connections=pool_bound(), max_keepalive_connections=MAX_KEEPALIVE)
     return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
 
 
@@ -124,6 +139,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 api_key=settings.openai_api_key,
                 model=settings.chat_model,
             )
+            # The first budgeted question counts its prompt with cl100k: load the
+            # tokenizer now, in a thread, not on the loop under that reader (~0.2 s).
+            group.start_soon(anyio.to_thread.run_sync, encoder)
         ingestor = Ingestor(store, settings, embedder=embedder)
         svc = Services(
             settings=settings,

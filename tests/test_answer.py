@@ -194,7 +194,10 @@ def test_no_missing_source_is_ever_cited_and_other_text_is_kept(
     cuts = data.draw(st.sets(st.integers(0, len(text))))
     out = _stream(CitationFilter({1, 2}), _cut(text, cuts))
     assert out == filter_citations(text, {1, 2})
-    assert all(_numbers(g) <= {1, 2} for g in _GROUP.findall(out)), out
+    # Every group that reads as a citation (no number of three digits: that is prose,
+    # like "[2019-2021]") cites only sources that exist.
+    cites = [g for g in _GROUP.findall(out) if all(n < 100 for n in _numbers(g))]
+    assert all(_numbers(g) <= {1, 2} for g in cites), out
     assert _without_citations(out) == _without_citations(text)
 
 
@@ -280,3 +283,12 @@ def test_extractive_sentences_of_the_real_book_are_clean_prose(book_dir: Path) -
         assert "```" not in sentence and "~~~" not in sentence, sentence
         assert sentence.count("**") % 2 == 0, sentence
         assert not any(line in sentence for line in code_lines), sentence
+
+
+def test_years_and_big_numbers_in_brackets_are_prose_not_citations() -> None:
+    """No answer has 100 sources (TOP_K is at most 20): `[2019-2021]` is a year range."""
+    text = "Between [2019-2021] and in [2024] the error [404] came back [7] as [1] says."
+    want = "Between [2019-2021] and in [2024] the error [404] came back  as [1] says."
+    assert filter_citations(text, {1, 2}) == want
+    for cut in range(1, len(text)):
+        assert _stream(CitationFilter({1, 2}), [text[:cut], text[cut:]]) == want

@@ -284,3 +284,35 @@ def test_a_missing_content_folder_is_said_at_start_up(
             time.sleep(0.02)
     assert "no-such-book does not exist: nothing to index at start-up" in caplog.text
     assert health["points"] == 0
+
+
+def test_a_crash_after_the_sources_still_ends_with_error_and_done(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug while answering (not in retrieval): the stream still ends well, and a
+    `stream: false` client gets a 500 JSON error, not a 502 blaming an upstream."""
+    import rag.chat
+
+    def broken(*args: object, **kwargs: object) -> list[str]:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(rag.chat, "extractive_answer", broken)
+    r = httpx.post(f"{server.url}/chat", json={"question": "What is an IMU?"}, timeout=30)
+    events = sse_events(r.content)
+    assert "metadata" in events[0] and events[0]["metadata"]["sources"]
+    assert events[-2]["error"] == {"code": "internal_error", "message": "the answer failed unexpectedly"}
+    assert events[-1] == {"done": True}
+    assert "chat turn crashed" in caplog.text
+    j = httpx.post(f"{server.url}/chat", json={"question": "What is an IMU?", "stream": False}, timeout=30)
+    assert j.status_code == 500 and j.json()["error"]["code"] == "internal_error"
+
+
+def test_the_upstream_pool_stays_under_the_open_files_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    from rag import services
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    assert services.pool_bound() == (1024 - 64) // 2
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1_048_576, 1_048_576))
+    assert services.pool_bound() == services.MAX_CONNECTIONS

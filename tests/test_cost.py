@@ -17,7 +17,7 @@ import pytest
 
 from main import create_app
 from rag.chat import MAX_ANSWER_TOKENS
-from tests.fake_openai import FakeOpenAI, Reply
+from tests.fake_openai import FakeOpenAI, Fault, Reply
 from tests.servers import ServerThread, llm_settings, serve, wait_ingested
 from tests.test_api import sse_events
 
@@ -152,3 +152,43 @@ def test_one_log_line_per_request_with_timings_and_no_question(
     assert len([line for line in access if line["route"] == "/chat"]) == 1
     assert "my-private-words" not in caplog.text  # what readers type is not logged
     assert fake.api_key and fake.api_key not in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_reader_leaving_while_the_sources_are_sent_gives_the_reservation_back(
+    tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    """The stream is closed at the metadata event, before the model was asked: nothing was
+    spent, and nothing may stay reserved (it would shrink the budget until a restart)."""
+    from rag.chat import chat_events
+    from rag.schemas import ChatRequest
+    from rag.services import open_services
+
+    settings = llm_settings(tmp_path, fake, DAILY_TOKEN_BUDGET="100000000", AUTO_INGEST="false")
+    async with open_services(settings) as svc:
+        await svc.ingestor.run()
+        req = ChatRequest.parse({"question": QUESTION}, settings)
+        events = chat_events(req, svc, "rid")
+        first = await events.__anext__()
+        assert first["metadata"]["mode"] == "rag" and svc.budget.reserved > 0
+        await events.aclose()
+        assert svc.budget.to_json() == {"limit": 100000000, "spent": 0, "reserved": 0}
+        # Left after the first words: charged at once (not when the generator is collected).
+        fake.script(Reply(content=["Angular ", "velocity "] + ["more "] * 100, token_delay=0.05))
+        events = chat_events(req, svc, "rid2")
+        async for event in events:
+            if "content" in event:
+                break
+        await events.aclose()
+        assert svc.budget.reserved == 0 and svc.budget.spent > 0
+    assert chat_requests(fake)[-1].finished.wait(5) and chat_requests(fake)[-1].disconnected
+
+
+def test_a_request_the_model_refused_costs_nothing(tmp_path: Path, fake: FakeOpenAI) -> None:
+    """A 401/429/5xx answer generated nothing: charging its prompt would let an outage use
+    up the day's budget and leave readers on extractive answers after it ends."""
+    fake.fail("chat", Fault(status=401, message="Incorrect API key provided"))
+    with service(tmp_path, fake, DAILY_TOKEN_BUDGET="100000000") as srv:
+        events = sse_events(httpx.post(f"{srv.url}/chat", json={"question": QUESTION}, timeout=30).content)
+        assert events[-2]["error"]["code"] == "upstream_error" and events[-1] == {"done": True}
+        assert budget(srv) == {"limit": 100000000, "spent": 0, "reserved": 0}
